@@ -1,0 +1,3 @@
+"""edgeml: hardware co-design toolkit for scientific edge ML."""
+
+__version__ = "0.1.0"
