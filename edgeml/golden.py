@@ -1,0 +1,1295 @@
+"""The golden integer model: the oracle every other level is checked against.
+
+A cleaned QONNX graph is compiled once into a flat list of integer ops
+(:class:`Op` subclasses). Each tensor is an ``int64`` array of *codes* plus a
+per-tensor real LSB weight (``scale``); for power-of-two scales that is a
+:class:`~edgeml.fixed.FixedType` with ``frac`` fractional bits. Every op is
+exact integer arithmetic with explicit rounding and saturation, vectorised over
+the batch with numpy, so the same list drives:
+
+* verification (``run(..., trace=True)`` returns every op's output),
+* RTL generation (``edgeml.rtl`` mirrors each op on da4ml symbolic arrays),
+* fault injection (weights/biases are stored as their quantizer's integer codes).
+
+Hardware semantics for real-valued scales: a Quant whose requantisation factor
+is not a power of two becomes a fixed-point multiply (``mult``) and a rounding
+right shift (``shift``) with ``GoldenOptions.mult_frac_bits`` fractional bits;
+float BatchNormalization / Mul / Add constants become fixed-point constants with
+``GoldenOptions.affine_frac_bits`` fractional bits. Such ops are flagged
+``exact_vs_qonnx=False`` and the error against QONNX's real-valued reference is
+reported separately; golden, C-sim and RTL must still agree bit for bit.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+
+from edgeml.errors import CorruptFileError, InputRangeError, UnsupportedOpError
+from edgeml.fixed import FixedType, type_for_range
+
+log = logging.getLogger(__name__)
+
+Rounding = Literal["HALF_EVEN", "HALF_UP", "HALF_DOWN", "FLOOR", "CEIL", "UP", "DOWN"]
+ROUNDING_MODES: tuple[str, ...] = (
+    "HALF_EVEN",
+    "HALF_UP",
+    "HALF_DOWN",
+    "FLOOR",
+    "CEIL",
+    "UP",
+    "DOWN",
+)
+
+SUPPORTED_OPS: tuple[str, ...] = (
+    "Quant",
+    "BipolarQuant",
+    "Trunc",
+    "MatMul",
+    "Gemm",
+    "Add",
+    "Sub",
+    "Mul",
+    "BatchNormalization",
+    "Conv",
+    "Relu",
+    "MaxPool",
+    "Flatten",
+    "Reshape",
+    "Transpose",
+    "Identity",
+)
+
+
+# --------------------------------------------------------------------------- integer kernels
+
+
+def round_shift(x: np.ndarray, shift: int, mode: str) -> np.ndarray:
+    """``round(x / 2**shift)`` on int64 codes with the given rounding mode.
+
+    ``shift <= 0`` is an exact left shift. The half-to-even formula
+    ``(x + 2**(d-1) - 1 + lsb) >> d`` (lsb = bit d of x) is what QONNX's ROUND
+    (numpy's round) does on ties, and is the form the RTL implements too.
+    """
+    if shift <= 0:
+        return x << (-shift)
+    d = shift
+    half = 1 << (d - 1)
+    if mode == "FLOOR":
+        return x >> d
+    if mode == "CEIL":
+        return -((-x) >> d)
+    if mode == "HALF_EVEN":
+        return (x + (half - 1) + ((x >> d) & 1)) >> d
+    sign = np.where(x < 0, -1, 1)
+    ax = np.abs(x)
+    if mode == "HALF_UP":  # ties away from zero (QONNX's HALF_UP)
+        return sign * ((ax + half) >> d)
+    if mode == "HALF_DOWN":  # ties toward zero
+        return sign * ((ax + half - 1) >> d)
+    if mode == "DOWN":
+        return sign * (ax >> d)
+    if mode == "UP":
+        return sign * ((ax + (1 << d) - 1) >> d)
+    raise ValueError(f"unknown rounding mode {mode!r}; allowed: {ROUNDING_MODES}")
+
+
+def _is_pot(x: float) -> bool:
+    if x <= 0 or not math.isfinite(x):
+        return False
+    m, _ = math.frexp(x)
+    return m == 0.5
+
+
+def _log2_int(x: float) -> int:
+    return math.frexp(x)[1] - 1
+
+
+def _im2col_nhwc(
+    x: np.ndarray, kh: int, kw: int, stride: tuple[int, int], pads: tuple[int, int, int, int]
+) -> np.ndarray:
+    """(N,H,W,C) -> (N,OH,OW,kh,kw,C) patches (a view where no padding is needed)."""
+    t, l, b, r = pads
+    if any(pads):
+        x = np.pad(x, ((0, 0), (t, b), (l, r), (0, 0)))
+    n, h, w, c = x.shape
+    oh = (h - kh) // stride[0] + 1
+    ow = (w - kw) // stride[1] + 1
+    s = x.strides
+    return np.lib.stride_tricks.as_strided(
+        x,
+        shape=(n, oh, ow, kh, kw, c),
+        strides=(s[0], s[1] * stride[0], s[2] * stride[1], s[1], s[2], s[3]),
+        writeable=False,
+    )
+
+
+# --------------------------------------------------------------------------- IR
+
+
+@dataclass
+class TensorInfo:
+    """Static facts about one tensor: shape (no batch), code type, LSB weight."""
+
+    name: str
+    shape: tuple[int, ...]
+    type: FixedType
+    scale: np.ndarray  # real value of one code LSB; scalar or per-channel (last axis)
+
+    @property
+    def pot(self) -> bool:
+        """True if ``scale`` is one power of two, i.e. ``type.frac`` fully describes it."""
+        return self.scale.size == 1 and _is_pot(float(self.scale.reshape(-1)[0]))
+
+
+@dataclass
+class Op:
+    """One integer op. ``inputs``/``output`` are tensor names in the golden graph."""
+
+    kind: ClassVar[str] = "op"
+    name: str
+    inputs: list[str]
+    output: str
+    exact_vs_qonnx: bool = field(default=True, kw_only=True)
+
+    def __call__(self, *xs: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+@dataclass
+class Requant(Op):
+    """``y = clip(round_shift(x * mult + offset, shift), lo, hi)``, per channel (last axis).
+
+    Covers QONNX Quant / Trunc on activations: a power-of-two rescale is
+    ``mult=1`` and a (possibly negative) shift; saturation is the quantizer's
+    clamp to [lo, hi] (narrow-range aware).
+    """
+
+    kind: ClassVar[str] = "requant"
+    mult: np.ndarray = field(default_factory=lambda: np.array(1, dtype=np.int64))
+    offset: np.ndarray = field(default_factory=lambda: np.array(0, dtype=np.int64))
+    shift: int = 0
+    rounding: str = "HALF_EVEN"
+    lo: int = 0
+    hi: int = 0
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        y = x
+        if self.mult.size != 1 or int(self.mult.reshape(-1)[0]) != 1:
+            y = y * self.mult
+        if self.offset.size != 1 or int(self.offset.reshape(-1)[0]) != 0:
+            y = y + self.offset
+        y = round_shift(y, self.shift, self.rounding)
+        return np.clip(y, self.lo, self.hi)
+
+
+@dataclass
+class Affine(Op):
+    """``y = x * mult + offset`` per channel, exact (fixed-point BN / Mul / Add by constants)."""
+
+    kind: ClassVar[str] = "affine"
+    mult: np.ndarray = field(default_factory=lambda: np.array(1, dtype=np.int64))
+    offset: np.ndarray = field(default_factory=lambda: np.array(0, dtype=np.int64))
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return x * self.mult + self.offset
+
+
+@dataclass
+class Dense(Op):
+    """``y = (x @ W) << acc_shift + bias << bias_shift`` on codes.
+
+    ``weight`` holds the weight quantizer's integer codes (in, out) in
+    ``weight_type`` (its storage format, which is what a bit flip hits);
+    ``weight_lshift`` aligns per-output-channel power-of-two scales.
+    """
+
+    kind: ClassVar[str] = "dense"
+    weight: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.int64))
+    weight_type: FixedType = FixedType(True, 8, 0)
+    weight_lshift: np.ndarray = field(default_factory=lambda: np.array(0, dtype=np.int64))
+    bias: np.ndarray | None = None
+    bias_type: FixedType | None = None
+    bias_shift: int = 0
+    acc_shift: int = 0
+
+    def effective_weight(self, weight: np.ndarray | None = None) -> np.ndarray:
+        w = self.weight if weight is None else weight
+        return w << self.weight_lshift if np.any(self.weight_lshift) else w
+
+    def effective_bias(self, bias: np.ndarray | None = None) -> np.ndarray | int:
+        b = self.bias if bias is None else bias
+        if b is None:
+            return 0
+        return b << self.bias_shift
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        y = x @ self.effective_weight()
+        if self.acc_shift:
+            y = y << self.acc_shift
+        return y + self.effective_bias()
+
+
+@dataclass
+class Conv(Dense):
+    """2-D convolution on NHWC codes; ``weight`` is (kh, kw, cin, cout) codes."""
+
+    kind: ClassVar[str] = "conv"
+    strides: tuple[int, int] = (1, 1)
+    pads: tuple[int, int, int, int] = (0, 0, 0, 0)  # top, left, bottom, right
+
+    def patches(self, x: np.ndarray) -> np.ndarray:
+        kh, kw = self.weight.shape[:2]
+        return _im2col_nhwc(x, kh, kw, self.strides, self.pads)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        p = self.patches(x)
+        n, oh, ow = p.shape[:3]
+        w = self.effective_weight()
+        y = p.reshape(n * oh * ow, -1) @ w.reshape(-1, w.shape[-1])
+        y = y.reshape(n, oh, ow, -1)
+        if self.acc_shift:
+            y = y << self.acc_shift
+        return y + self.effective_bias()
+
+
+@dataclass
+class Relu(Op):
+    kind: ClassVar[str] = "relu"
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return np.maximum(x, 0)
+
+
+@dataclass
+class MaxPool(Op):
+    """Max pooling on NHWC codes (padding with the smallest code, as ONNX pads with -inf)."""
+
+    kind: ClassVar[str] = "maxpool"
+    kernel: tuple[int, int] = (2, 2)
+    strides: tuple[int, int] = (2, 2)
+    pads: tuple[int, int, int, int] = (0, 0, 0, 0)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        t, l, b, r = self.pads
+        if any(self.pads):
+            x = np.pad(x, ((0, 0), (t, b), (l, r), (0, 0)), constant_values=np.iinfo(np.int64).min)
+        p = _im2col_nhwc(x, self.kernel[0], self.kernel[1], self.strides, (0, 0, 0, 0))
+        return p.max(axis=(3, 4))
+
+
+@dataclass
+class Reshape(Op):
+    kind: ClassVar[str] = "reshape"
+    shape: tuple[int, ...] = ()
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return x.reshape((x.shape[0], *self.shape))
+
+
+@dataclass
+class Transpose(Op):
+    kind: ClassVar[str] = "transpose"
+    perm: tuple[int, ...] = ()
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(np.transpose(x, self.perm))
+
+
+@dataclass
+class AddTensors(Op):
+    """``y = (a << shift_a) + (b << shift_b)``: residual adds with aligned binary points."""
+
+    kind: ClassVar[str] = "add"
+    shift_a: int = 0
+    shift_b: int = 0
+
+    def __call__(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return (a << self.shift_a) + (b << self.shift_b)
+
+
+@dataclass
+class Bipolar(Op):
+    """QONNX BipolarQuant: ``+1`` where ``x >= 0`` else ``-1`` (codes; scale kept separately)."""
+
+    kind: ClassVar[str] = "bipolar"
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return np.where(x >= 0, 1, -1).astype(np.int64)
+
+
+# --------------------------------------------------------------------------- model
+
+
+@dataclass(frozen=True)
+class GoldenOptions:
+    """Precision choices for real-valued (non power-of-two) scales and constants."""
+
+    mult_frac_bits: int = 16
+    affine_frac_bits: int = 16
+
+
+@dataclass
+class GoldenModel:
+    """An executable integer model compiled from a cleaned QONNX graph."""
+
+    ops: list[Op]
+    tensors: dict[str, TensorInfo]
+    input_name: str
+    output_name: str
+    input_shape: tuple[int, ...]  # graph-input layout, no batch (e.g. (1, 8, 8) NCHW)
+    input_quant: Requant  # the graph's input quantizer (applied by quantize_input)
+    input_real_scale: float
+    source: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    # ---- construction
+    @classmethod
+    def from_onnx(cls, model: Any, options: GoldenOptions | None = None) -> GoldenModel:
+        """Compile a cleaned QONNX ``ModelWrapper`` / ``onnx.ModelProto`` / file path."""
+        return _Compiler(model, options or GoldenOptions()).compile()
+
+    # ---- types
+    @property
+    def input_type(self) -> FixedType:
+        return self.tensors[self.input_name].type
+
+    @property
+    def output_type(self) -> FixedType:
+        return self.tensors[self.output_name].type
+
+    @property
+    def output_scale(self) -> np.ndarray:
+        return self.tensors[self.output_name].scale
+
+    @property
+    def output_shape(self) -> tuple[int, ...]:
+        return self.tensors[self.output_name].shape
+
+    @property
+    def param_ops(self) -> list[Dense]:
+        """Ops holding weights/biases (Dense and Conv), in graph order."""
+        return [op for op in self.ops if isinstance(op, Dense)]
+
+    # ---- execution
+    def quantize_input(self, x: np.ndarray, on_overflow: str = "error") -> np.ndarray:
+        """Real-valued inputs -> input codes with the graph's input quantizer.
+
+        Values outside the input precision are an error by default (the
+        firmware would saturate them, silently changing the data); with
+        ``on_overflow='saturate'`` they are clamped and counted in the log.
+        """
+        if on_overflow not in ("error", "saturate"):
+            raise ValueError(f"on_overflow must be 'error' or 'saturate', got {on_overflow!r}")
+        x = np.asarray(x, dtype=np.float64)
+        if x.shape[1:] != self.input_shape:
+            raise InputRangeError(
+                f"input shape {x.shape[1:]} does not match the design's input shape {self.input_shape}"
+            )
+        q = self.input_quant
+        lsb = self.input_real_scale
+        codes = np.rint(x / lsb)
+        ties = np.abs(x / lsb - np.floor(x / lsb) - 0.5) < 1e-12
+        if q.rounding == "HALF_EVEN":
+            codes = np.round(x / lsb)
+        elif q.rounding == "FLOOR":
+            codes = np.floor(x / lsb + 1e-12)
+        elif ties.any():
+            codes = np.where(ties, np.floor(x / lsb) + 1, codes)
+        codes = codes.astype(np.int64)
+        bad = (codes < q.lo) | (codes > q.hi)
+        n_bad = int(bad.sum())
+        if n_bad:
+            lo_v, hi_v = q.lo * lsb, q.hi * lsb
+            msg = (
+                f"{n_bad} input value(s) in {int(bad.reshape(len(x), -1).any(1).sum())} vector(s) "
+                f"fall outside the input precision {self.input_type.hls()} range "
+                f"[{lo_v:g}, {hi_v:g}] (observed min {x.min():g}, max {x.max():g}); "
+                "the firmware would saturate them. Rescale the inputs or widen the input "
+                "quantizer (bit width / scale)."
+            )
+            if on_overflow == "error":
+                raise InputRangeError(msg)
+            log.warning(msg)
+            codes = np.clip(codes, q.lo, q.hi)
+        return codes
+
+    def run(
+        self, x_codes: np.ndarray, trace: bool = False
+    ) -> np.ndarray | tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Execute on input codes (graph-input layout). With ``trace`` also return every op's output."""
+        x = np.asarray(x_codes)
+        if x.dtype.kind not in "iu":
+            raise InputRangeError(
+                f"golden model inputs must be integer codes, got dtype {x.dtype}; "
+                "use quantize_input() for real values"
+            )
+        x = x.astype(np.int64, copy=False)
+        t = self.input_type
+        if x.size and (x.min() < t.qmin or x.max() > t.qmax):
+            raise InputRangeError(
+                f"input codes span [{x.min()}, {x.max()}] but the input type {t.hls()} holds "
+                f"[{t.qmin}, {t.qmax}]"
+            )
+        env: dict[str, np.ndarray] = {self.input_name: x}
+        for op in self.ops:
+            env[op.output] = op(*(env[i] for i in op.inputs))
+        out = env[self.output_name]
+        if trace:
+            return out, {op.output: env[op.output] for op in self.ops}
+        return out
+
+    def predict(self, x_codes: np.ndarray, batch: int = 8192) -> np.ndarray:
+        """Output codes for many vectors, in batches to bound memory."""
+        outs = [self.run(x_codes[i : i + batch]) for i in range(0, len(x_codes), batch)]
+        return np.concatenate(outs) if outs else np.zeros((0, *self.output_shape), np.int64)
+
+    def run_from(self, start: int, env: dict[str, np.ndarray]) -> np.ndarray:
+        """Re-execute ops[start:] given an environment holding every tensor they read.
+
+        This is what fault campaigns use to recompute only downstream of a fault.
+        """
+        env = dict(env)
+        for op in self.ops[start:]:
+            env[op.output] = op(*(env[i] for i in op.inputs))
+        return env[self.output_name]
+
+    def summary(self) -> str:
+        lines = [f"input  {self.input_name}: {self.input_shape} {self.input_type.hls()}"]
+        for op in self.ops:
+            ti = self.tensors[op.output]
+            extra = ""
+            if isinstance(op, Dense):
+                extra = f" W{op.weight.shape}:{op.weight_type.width}b"
+                if op.bias is not None and op.bias_type is not None:
+                    extra += f" b:{op.bias_type.width}b"
+            exact = "" if op.exact_vs_qonnx else " (fixed-point approx. of real scale)"
+            lines.append(f"{op.kind:9s} {op.name:24s} -> {ti.shape} {ti.type.hls()}{extra}{exact}")
+        return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- compiler
+
+LAYOUT_OPS = ("Transpose", "Reshape", "Flatten", "Identity")
+
+
+@dataclass
+class _Const:
+    """A constant: real values and, if produced by a Quant, its integer codes and storage."""
+
+    value: np.ndarray
+    codes: np.ndarray | None = None
+    scale: np.ndarray | None = None
+    storage: FixedType | None = None
+    node: str = ""
+
+
+class _Compiler:
+    def __init__(self, model: Any, options: GoldenOptions) -> None:
+        self.options = options
+        self.mw = _load_model_wrapper(model)
+        self.graph = self.mw.graph
+        self.consts: dict[str, _Const] = {}
+        self.tensors: dict[str, TensorInfo] = {}
+        self.bounds: dict[str, tuple[int, int]] = {}
+        self.ops: list[Op] = []
+        self.notes: list[str] = []
+        self.alias: dict[str, str] = {}
+        self.input_quant: Requant | None = None
+        self.input_real_scale = 1.0
+        self.graph_input = ""
+        self.input_name = ""
+
+    # -- helpers
+    def _node_name(self, node: Any, idx: int) -> str:
+        return node.name or f"{node.op_type}_{idx}"
+
+    def _unsupported(self, node: Any, idx: int, why: str) -> UnsupportedOpError:
+        return UnsupportedOpError(
+            f"node '{self._node_name(node, idx)}' (op {node.op_type}): {why}. "
+            f"edgeml's golden model supports: {', '.join(SUPPORTED_OPS)} "
+            "(Quant/Trunc with zero zero-point; Conv with group=1, dilation=1)."
+        )
+
+    def _attr(self, node: Any, name: str, default: Any = None) -> Any:
+        from onnx import helper
+
+        for a in node.attribute:
+            if a.name == name:
+                v = helper.get_attribute_value(a)
+                return v.decode() if isinstance(v, bytes) else v
+        return default
+
+    def _const(self, name: str) -> _Const | None:
+        return self.consts.get(name)
+
+    def _dyn(self, name: str) -> str:
+        return self.alias.get(name, name)
+
+    def _add_tensor(self, name: str, shape: tuple[int, ...], lo: int, hi: int, scale: Any) -> None:
+        scale = np.asarray(scale, dtype=np.float64)
+        if scale.size > 1 and np.all(scale == scale.reshape(-1)[0]):
+            scale = scale.reshape(-1)[:1].reshape(())
+        frac = _log2_int(1.0 / float(scale.reshape(-1)[0])) if scale.size == 1 else 0
+        if scale.size == 1 and not _is_pot(float(scale.reshape(-1)[0])):
+            frac = 0
+        self.tensors[name] = TensorInfo(name, shape, type_for_range(lo, hi, frac), scale)
+        self.bounds[name] = (int(lo), int(hi))
+
+    # -- entry
+    def compile(self) -> GoldenModel:
+        from onnx import numpy_helper
+
+        for init in self.graph.initializer:
+            self.consts[init.name] = _Const(numpy_helper.to_array(init).astype(np.float64))
+        if len(self.graph.input) != 1 or len(self.graph.output) != 1:
+            ins = [i.name for i in self.graph.input if i.name not in self.consts]
+            if len(ins) != 1 or len(self.graph.output) != 1:
+                raise UnsupportedOpError(
+                    f"edgeml designs have exactly one input and one output; got inputs {ins} "
+                    f"and outputs {[o.name for o in self.graph.output]}"
+                )
+        gin = next(i for i in self.graph.input if i.name not in self.consts)
+        self.graph_input = gin.name
+        dims = [d.dim_value for d in gin.type.tensor_type.shape.dim]
+        if len(dims) < 2 or any(d <= 0 for d in dims[1:]):
+            raise UnsupportedOpError(
+                f"graph input '{gin.name}' needs a static shape (batch, ...); got {dims}"
+            )
+        input_shape = tuple(int(d) for d in dims[1:])
+        self.pending_layout: list[tuple[Any, int]] = []
+        self.input_shape = input_shape
+        self.layout_shape = input_shape  # shape of graph input after pre-quant layout ops
+
+        for idx, node in enumerate(self.graph.node):
+            self._compile_node(node, idx)
+
+        if self.input_quant is None:
+            raise UnsupportedOpError(
+                f"graph input '{self.graph_input}' never reaches a Quant node: edgeml needs an "
+                "input quantizer to know the input precision (add a QuantIdentity / Quant on the input)"
+            )
+        out_name = self._dyn(self.graph.output[0].name)
+        if out_name not in self.tensors:
+            raise UnsupportedOpError(
+                f"graph output '{self.graph.output[0].name}' is not computed by supported ops"
+            )
+        return GoldenModel(
+            ops=self.ops,
+            tensors=self.tensors,
+            input_name=self.input_name,
+            output_name=out_name,
+            input_shape=self.input_shape,
+            input_quant=self.input_quant,
+            input_real_scale=self.input_real_scale,
+            source=str(getattr(self.mw, "_edgeml_source", "")),
+            notes=self.notes,
+        )
+
+    # -- per node
+    def _compile_node(self, node: Any, idx: int) -> None:
+        op = node.op_type
+        name = self._node_name(node, idx)
+        ins = list(node.input)
+        out = node.output[0]
+        if op not in SUPPORTED_OPS:
+            raise self._unsupported(node, idx, "this op is not supported")
+
+        # constant folding: all inputs constant
+        if all((i == "" or i in self.consts) for i in ins):
+            self._fold_constant(node, idx)
+            return
+
+        # before the input quantizer: only layout ops on the raw graph input
+        if self.input_quant is None:
+            if op in LAYOUT_OPS:
+                self.pending_layout.append((node, idx))
+                self.alias[out] = self.graph_input
+                return
+            if op != "Quant":
+                raise self._unsupported(
+                    node,
+                    idx,
+                    "the graph input must be quantized (Quant) before any arithmetic; "
+                    "edgeml cannot define the input precision otherwise",
+                )
+            self._compile_input_quant(node, idx)
+            return
+
+        handler = getattr(self, f"_op_{op}", None)
+        if handler is None:
+            raise self._unsupported(node, idx, "this op is not supported here")
+        handler(node, idx, name, ins, out)
+
+    def _fold_constant(self, node: Any, idx: int) -> None:
+        op = node.op_type
+        vals = [self.consts[i].value if i else None for i in node.input]
+        out = node.output[0]
+        if op == "Quant":
+            x, scale, zp, bw = vals[:4]
+            self.consts[out] = self._quant_const(node, idx, x, scale, zp, bw)
+            return
+        if op == "BipolarQuant":
+            x, scale = vals[:2]
+            codes = np.where(x >= 0, 1, -1).astype(np.int64)
+            s = np.asarray(scale, np.float64)
+            self.consts[out] = _Const(codes * s, codes, s, FixedType(True, 2, 0), node.name)
+            return
+        if op in ("Identity",):
+            self.consts[out] = self.consts[node.input[0]]
+            return
+        if op == "Transpose":
+            perm = self._attr(node, "perm")
+            src = self.consts[node.input[0]]
+            self.consts[out] = _Const(
+                np.transpose(src.value, perm),
+                None if src.codes is None else np.transpose(src.codes, perm),
+                None if src.scale is None or src.scale.size == 1 else None,
+                src.storage,
+                src.node,
+            )
+            if src.scale is not None and src.scale.size == 1:
+                self.consts[out].scale = src.scale
+            return
+        if op in ("Reshape", "Flatten"):
+            src = self.consts[node.input[0]]
+            if op == "Reshape":
+                shape = [int(s) for s in vals[1]]
+            else:
+                axis = self._attr(node, "axis", 1)
+                shape = [int(np.prod(src.value.shape[:axis])), -1]
+            keep_scale = src.scale is not None and src.scale.size == 1
+            self.consts[out] = _Const(
+                src.value.reshape(shape),
+                None if src.codes is None else src.codes.reshape(shape),
+                src.scale if keep_scale else None,
+                src.storage if keep_scale else None,
+                src.node,
+            )
+            return
+        if op in ("Mul", "Add", "Sub"):
+            a, b = vals[:2]
+            fn = {"Mul": np.multiply, "Add": np.add, "Sub": np.subtract}[op]
+            self.consts[out] = _Const(fn(a, b))
+            return
+        raise self._unsupported(node, idx, "constant folding of this op is not supported")
+
+    def _quant_params(
+        self, node: Any, idx: int, scale: Any, zp: Any, bw: Any
+    ) -> tuple[np.ndarray, int, bool, bool, str]:
+        if np.any(np.asarray(zp) != 0):
+            raise self._unsupported(
+                node, idx, f"non-zero zero point {np.asarray(zp).ravel()[:4]} (asymmetric quant)"
+            )
+        b = np.asarray(bw).reshape(-1)
+        if b.size != 1 or b[0] != int(b[0]) or b[0] < 1 or b[0] > 32:
+            raise self._unsupported(node, idx, f"bit width must be one integer in 1..32, got {b}")
+        signed = bool(self._attr(node, "signed", 1))
+        narrow = bool(self._attr(node, "narrow", 0))
+        mode = str(self._attr(node, "rounding_mode", "ROUND")).upper()
+        mode = "HALF_EVEN" if mode == "ROUND" else mode
+        if mode not in ROUNDING_MODES:
+            raise self._unsupported(
+                node, idx, f"rounding_mode {mode!r}; allowed: ROUND, {', '.join(ROUNDING_MODES)}"
+            )
+        s = np.asarray(scale, dtype=np.float64)
+        if np.any(s <= 0) or not np.all(np.isfinite(s)):
+            raise self._unsupported(
+                node, idx, f"scale must be positive and finite, got {s.ravel()[:4]}"
+            )
+        return s, int(b[0]), signed, narrow, mode
+
+    @staticmethod
+    def _int_range(bits: int, signed: bool, narrow: bool) -> tuple[int, int]:
+        if signed:
+            lo = -(1 << (bits - 1)) + (1 if narrow else 0)
+            return lo, (1 << (bits - 1)) - 1
+        return 0, (1 << bits) - 1 - (1 if narrow else 0)
+
+    def _quant_const(self, node: Any, idx: int, x: Any, scale: Any, zp: Any, bw: Any) -> _Const:
+        s, bits, signed, narrow, mode = self._quant_params(node, idx, scale, zp, bw)
+        lo, hi = self._int_range(bits, signed, narrow)
+        y = np.clip(x / s, lo, hi)
+        rnd = {
+            "HALF_EVEN": np.round,
+            "FLOOR": np.floor,
+            "CEIL": np.ceil,
+            "DOWN": np.fix,
+            "UP": lambda v: np.sign(v) * np.ceil(np.abs(v)),
+            "HALF_UP": lambda v: np.sign(v) * np.floor(np.abs(v) + 0.5),
+            "HALF_DOWN": lambda v: np.sign(v) * np.ceil(np.abs(v) - 0.5),
+        }[mode]
+        codes = rnd(y).astype(np.int64)
+        storage = FixedType(signed, bits, 0)
+        return _Const(codes * s, codes, s, storage, self._node_name(node, idx))
+
+    def _compile_input_quant(self, node: Any, idx: int) -> None:
+        if self._dyn(node.input[0]) != self.graph_input:
+            raise self._unsupported(node, idx, "expected the graph input's quantizer")
+        scale, zp, bw = (self.consts[i].value for i in node.input[1:4])
+        s, bits, signed, narrow, mode = self._quant_params(node, idx, scale, zp, bw)
+        if s.size != 1:
+            raise self._unsupported(node, idx, "per-channel input quantizer scales")
+        lo, hi = self._int_range(bits, signed, narrow)
+        sv = float(s.reshape(-1)[0])
+        self.input_real_scale = sv
+        self.input_quant = Requant(
+            self._node_name(node, idx),
+            [self.graph_input],
+            node.output[0],
+            rounding=mode,
+            lo=lo,
+            hi=hi,
+        )
+        # The golden model takes codes in the graph-input layout; layout ops that
+        # preceded the quantizer are replayed as integer ops.
+        self.input_name = self.graph_input
+        scale_arr = np.asarray(sv)
+        self._add_tensor(self.graph_input, self.input_shape, lo, hi, scale_arr)
+        self.tensors[self.graph_input].type = FixedType(
+            signed, bits, self.tensors[self.graph_input].type.frac
+        )
+        cur = self.graph_input
+        shape = self.input_shape
+        for lnode, lidx in self.pending_layout:
+            nxt = lnode.output[0]
+            self.alias.pop(nxt, None)
+            shape = self._layout(lnode, lidx, cur, nxt, shape)
+            cur = nxt
+        self.alias[node.output[0]] = cur
+
+    def _layout(
+        self, node: Any, idx: int, src: str, dst: str, shape: tuple[int, ...]
+    ) -> tuple[int, ...]:
+        op = node.op_type
+        name = self._node_name(node, idx)
+        lo, hi = self.bounds[src]
+        scale = self.tensors[src].scale
+        if op == "Identity":
+            self.alias[dst] = src
+            return shape
+        if op == "Transpose":
+            perm = tuple(int(p) for p in self._attr(node, "perm"))
+            if perm[0] != 0:
+                raise self._unsupported(node, idx, "transposing the batch axis")
+            new_shape = tuple(shape[p - 1] for p in perm[1:])
+            if scale.size > 1:
+                raise self._unsupported(node, idx, "transpose of a per-channel-scaled tensor")
+            self.ops.append(Transpose(name, [src], dst, perm=perm))
+        else:
+            if op == "Flatten":
+                axis = int(self._attr(node, "axis", 1))
+                if axis != 1:
+                    raise self._unsupported(node, idx, f"Flatten axis={axis} (only axis=1)")
+                new_shape = (int(np.prod(shape)),)
+            else:
+                target = [int(v) for v in self.consts[node.input[1]].value.reshape(-1)]
+                if target and target[0] not in (-1, 0, 1):
+                    pass
+                rest = target[1:]
+                if -1 in rest:
+                    known = int(np.prod([d for d in rest if d != -1]))
+                    rest[rest.index(-1)] = int(np.prod(shape)) // known
+                rest = [shape[i] if d == 0 else d for i, d in enumerate(rest)]
+                new_shape = tuple(rest)
+                if int(np.prod(new_shape)) != int(np.prod(shape)):
+                    raise self._unsupported(node, idx, f"cannot reshape {shape} to {target}")
+            if scale.size > 1 and new_shape[-1] != shape[-1]:
+                raise self._unsupported(node, idx, "reshape of a per-channel-scaled tensor")
+            self.ops.append(Reshape(name, [src], dst, shape=new_shape))
+        self._add_tensor(dst, new_shape, lo, hi, scale)
+        return new_shape
+
+    # handlers for dynamic ops -------------------------------------------------
+    def _op_Identity(self, node, idx, name, ins, out):
+        self.alias[out] = self._dyn(ins[0])
+
+    def _op_Transpose(self, node, idx, name, ins, out):
+        src = self._dyn(ins[0])
+        self._layout(node, idx, src, out, self.tensors[src].shape)
+
+    _op_Reshape = _op_Transpose
+    _op_Flatten = _op_Transpose
+
+    def _op_Relu(self, node, idx, name, ins, out):
+        src = self._dyn(ins[0])
+        ti = self.tensors[src]
+        if np.any(ti.scale < 0):
+            raise self._unsupported(node, idx, "Relu on a negatively scaled tensor")
+        lo, hi = self.bounds[src]
+        self.ops.append(Relu(name, [src], out))
+        self._add_tensor(out, ti.shape, max(lo, 0), max(hi, 0), ti.scale)
+
+    def _op_MaxPool(self, node, idx, name, ins, out):
+        src = self._dyn(ins[0])
+        ti = self.tensors[src]
+        channels_last = "channels_last" in (node.domain or "")
+        k = tuple(int(v) for v in self._attr(node, "kernel_shape"))
+        st = tuple(int(v) for v in (self._attr(node, "strides") or k))
+        pads = tuple(int(v) for v in (self._attr(node, "pads") or [0, 0, 0, 0]))
+        dil = tuple(int(v) for v in (self._attr(node, "dilations") or [1, 1]))
+        if len(k) != 2 or any(d != 1 for d in dil) or int(self._attr(node, "ceil_mode", 0)):
+            raise self._unsupported(node, idx, "only 2-D MaxPool without dilation or ceil_mode")
+        if not channels_last:
+            raise self._unsupported(
+                node, idx, "NCHW MaxPool: run qonnx ConvertToChannelsLastAndClean first"
+            )
+        pads4 = (pads[0], pads[1], pads[2], pads[3])
+        h, w, c = ti.shape
+        oh = (h + pads4[0] + pads4[2] - k[0]) // st[0] + 1
+        ow = (w + pads4[1] + pads4[3] - k[1]) // st[1] + 1
+        self.ops.append(MaxPool(name, [src], out, kernel=k, strides=st, pads=pads4))  # type: ignore[arg-type]
+        lo, hi = self.bounds[src]
+        self._add_tensor(out, (oh, ow, c), lo, hi, ti.scale)
+
+    def _op_Quant(self, node, idx, name, ins, out):
+        src = self._dyn(ins[0])
+        scale, zp, bw = (self.consts[i].value for i in ins[1:4])
+        s, bits, signed, narrow, mode = self._quant_params(node, idx, scale, zp, bw)
+        lo, hi = self._int_range(bits, signed, narrow)
+        if bits == 1 and signed:
+            raise self._unsupported(node, idx, "1-bit signed Quant (use BipolarQuant)")
+        self._requant(node, idx, name, src, out, s, lo, hi, mode)
+
+    def _op_Trunc(self, node, idx, name, ins, out):
+        src = self._dyn(ins[0])
+        c = [self.consts[i].value for i in ins[1:]]
+        if len(c) == 5:  # v2: scale, zeropt, in_bw, out_scale, out_bw
+            scale, zp, in_bw, out_scale, out_bw = c
+            out_s = np.asarray(out_scale, np.float64)
+        else:  # v1: scale, zeropt, in_bw, out_bw
+            scale, zp, in_bw, out_bw = c
+            out_s = np.asarray(scale, np.float64) * 2.0 ** (float(in_bw) - float(out_bw))
+        if np.any(np.asarray(zp) != 0):
+            raise self._unsupported(node, idx, "non-zero zero point")
+        signed = bool(self._attr(node, "signed", 1))
+        narrow = bool(self._attr(node, "narrow", 0))
+        mode = str(self._attr(node, "rounding_mode", "FLOOR")).upper()
+        mode = "HALF_EVEN" if mode == "ROUND" else mode
+        lo, hi = self._int_range(int(np.asarray(out_bw).reshape(-1)[0]), signed, narrow)
+        ti = self.tensors[src]
+        if not np.allclose(np.asarray(scale, np.float64), ti.scale):
+            raise self._unsupported(
+                node, idx, "Trunc input scale differs from its producer's scale"
+            )
+        self._requant(node, idx, name, src, out, out_s, lo, hi, mode)
+
+    def _requant(
+        self,
+        node,
+        idx,
+        name,
+        src,
+        out,
+        s: np.ndarray,
+        lo: int,
+        hi: int,
+        mode: str,
+    ) -> None:
+        """Quantize tensor ``src`` (codes * in_scale) to codes of scale ``s``."""
+        ti = self.tensors[src]
+        ratio = ti.scale / s  # real multiplier from input codes to output codes
+        ratio_flat = np.atleast_1d(ratio).astype(np.float64)
+        if np.all([_is_pot(float(r)) for r in ratio_flat]) and np.all(ratio_flat == ratio_flat[0]):
+            e = _log2_int(float(ratio_flat[0]))  # y = x * 2**e
+            mult = np.array(1, np.int64)
+            shift = -e
+            exact = True
+        else:
+            # Hardware: fixed-point multiplier with mult_frac_bits fractional bits
+            # beyond the largest power of two in the ratio, then a rounding shift.
+            k = self.options.mult_frac_bits - _log2_int(float(np.max(ratio_flat)))
+            mult = np.rint(np.asarray(ratio) * 2.0**k).astype(np.int64)
+            shift = k
+            exact = bool(np.all(mult * 2.0**-k == ratio))
+            if not exact:
+                self.notes.append(
+                    f"{name}: requantisation factor {ratio_flat[:4]} approximated as mult/2**{k} "
+                    f"(max rel. err {float(np.max(np.abs(mult * 2.0**-k - ratio) / ratio)):.2e})"
+                )
+        mult = mult.reshape(-1) if mult.size > 1 else mult.reshape(())
+        op = Requant(
+            name,
+            [src],
+            out,
+            mult=mult,
+            shift=shift,
+            rounding=mode,
+            lo=lo,
+            hi=hi,
+            exact_vs_qonnx=exact,
+        )
+        self.ops.append(op)
+        plo, phi = self.bounds[src]
+        cand = [round_shift(np.asarray(v * mult), shift, mode) for v in (plo, phi)]
+        ylo = int(np.clip(min(np.min(c) for c in cand), lo, hi))
+        yhi = int(np.clip(max(np.max(c) for c in cand), lo, hi))
+        s_out = np.asarray(s, np.float64)
+        if s_out.size > 1:
+            raise self._unsupported(node, idx, "per-channel activation quantizer scales")
+        self._add_tensor(out, ti.shape, ylo, yhi, s_out)
+
+    def _op_BipolarQuant(self, node, idx, name, ins, out):
+        src = self._dyn(ins[0])
+        s = np.asarray(self.consts[ins[1]].value, np.float64)
+        if s.size > 1:
+            raise self._unsupported(node, idx, "per-channel BipolarQuant scale")
+        self.ops.append(Bipolar(name, [src], out))
+        self._add_tensor(out, self.tensors[src].shape, -1, 1, s)
+
+    def _weight(self, node: Any, idx: int, cname: str) -> tuple[np.ndarray, FixedType, np.ndarray]:
+        """Integer codes, storage type and per-output-channel real scale of a weight constant."""
+        c = self.consts[cname]
+        if c.codes is None or c.scale is None or c.storage is None:
+            raise self._unsupported(
+                node,
+                idx,
+                f"weight '{cname}' is a float constant; edgeml needs quantized weights "
+                "(a Quant/BipolarQuant node on the initializer)",
+            )
+        return c.codes, c.storage, c.scale
+
+    def _dense_common(
+        self,
+        node,
+        idx,
+        name,
+        src,
+        out,
+        codes,
+        storage,
+        wscale,
+        out_shape,
+        make,
+    ) -> None:
+        ti = self.tensors[src]
+        if ti.scale.size > 1:
+            raise self._unsupported(node, idx, "MatMul/Conv on a per-channel-scaled input")
+        cout = codes.shape[-1]
+        ws = (
+            np.broadcast_to(np.asarray(wscale, np.float64).reshape(-1), (cout,))
+            if np.size(wscale) > 1
+            else np.full(cout, float(np.asarray(wscale).reshape(-1)[0]))
+        )
+        lshift = np.zeros(cout, np.int64)
+        if all(_is_pot(float(v)) for v in ws):
+            exps = np.array([_log2_int(float(v)) for v in ws])
+            lshift = exps - exps.min()  # align to the finest channel scale
+            out_scale = np.asarray(float(ti.scale) * 2.0 ** float(exps.min()))
+            wtype = FixedType(storage.signed, storage.width, int(-exps.min()))
+        else:
+            out_scale = float(ti.scale) * ws
+            wtype = storage
+        lshift_arr = lshift if np.any(lshift) else np.array(0, np.int64)
+        op = make(lshift_arr, wtype)
+        # interval analysis on codes
+        xlo, xhi = self.bounds[src]
+        w2 = (codes << lshift).reshape(-1, cout)
+        lo_c = np.minimum(w2 * xlo, w2 * xhi).sum(0)
+        hi_c = np.maximum(w2 * xlo, w2 * xhi).sum(0)
+        self.ops.append(op)
+        self._add_tensor(out, out_shape, int(lo_c.min()), int(hi_c.max()), out_scale)
+
+    def _op_MatMul(self, node, idx, name, ins, out):
+        a, b = ins[0], ins[1]
+        if a in self.consts and b not in self.consts:
+            raise self._unsupported(
+                node, idx, "constant @ activation (weights must be the 2nd input)"
+            )
+        if b not in self.consts:
+            raise self._unsupported(node, idx, "activation-by-activation MatMul")
+        src = self._dyn(a)
+        codes, storage, wscale = self._weight(node, idx, b)
+        if codes.ndim != 2 or self.tensors[src].shape != (codes.shape[0],):
+            raise self._unsupported(
+                node, idx, f"MatMul of {self.tensors[src].shape} by {codes.shape} (only 2-D dense)"
+            )
+        wscale = np.asarray(wscale).reshape(-1)
+        self._dense_common(
+            node,
+            idx,
+            name,
+            src,
+            out,
+            codes,
+            storage,
+            wscale,
+            (codes.shape[1],),
+            lambda ls, wt: Dense(name, [src], out, weight=codes, weight_type=wt, weight_lshift=ls),
+        )
+
+    def _op_Gemm(self, node, idx, name, ins, out):
+        if (
+            self._attr(node, "transA", 0)
+            or float(self._attr(node, "alpha", 1.0)) != 1.0
+            or float(self._attr(node, "beta", 1.0)) != 1.0
+        ):
+            raise self._unsupported(node, idx, "Gemm with transA/alpha/beta (run GemmToMatMul)")
+        src = self._dyn(ins[0])
+        codes, storage, wscale = self._weight(node, idx, ins[1])
+        ws = np.asarray(wscale)
+        if self._attr(node, "transB", 0):
+            codes = codes.T
+            ws = ws.T if ws.ndim == 2 else ws
+        tmp = out + "__mm" if len(ins) > 2 else out
+        self._dense_common(
+            node,
+            idx,
+            name,
+            src,
+            tmp,
+            codes,
+            storage,
+            ws.reshape(-1),
+            (codes.shape[1],),
+            lambda ls, wt: Dense(name, [src], tmp, weight=codes, weight_type=wt, weight_lshift=ls),
+        )
+        if len(ins) > 2 and ins[2]:
+            self._add_const(node, idx, name + "_bias", tmp, ins[2], out)
+
+    def _op_Conv(self, node, idx, name, ins, out):
+        src = self._dyn(ins[0])
+        ti = self.tensors[src]
+        channels_last = "channels_last" in (node.domain or "")
+        if not channels_last:
+            raise self._unsupported(
+                node, idx, "NCHW Conv: run qonnx ConvertToChannelsLastAndClean first"
+            )
+        group = int(self._attr(node, "group", 1))
+        dil = tuple(int(v) for v in (self._attr(node, "dilations") or [1, 1]))
+        if group != 1 or any(d != 1 for d in dil):
+            raise self._unsupported(node, idx, f"Conv with group={group}, dilations={dil}")
+        codes, storage, wscale = self._weight(node, idx, ins[1])
+        if codes.ndim != 4:
+            raise self._unsupported(node, idx, f"{codes.ndim - 2}-D Conv (only 2-D)")
+        w = np.transpose(codes, (1, 2, 3, 0))  # OHWI -> HWIO
+        kh, kw = w.shape[:2]
+        st = tuple(int(v) for v in (self._attr(node, "strides") or [1, 1]))
+        pads = tuple(int(v) for v in (self._attr(node, "pads") or [0, 0, 0, 0]))
+        if str(self._attr(node, "auto_pad", "NOTSET")) not in ("NOTSET", ""):
+            raise self._unsupported(node, idx, "auto_pad (use explicit pads)")
+        h, wd, c = ti.shape
+        if c != w.shape[2]:
+            raise self._unsupported(
+                node, idx, f"input channels {c} != weight channels {w.shape[2]}"
+            )
+        pads4 = (pads[0], pads[1], pads[2], pads[3])
+        oh = (h + pads4[0] + pads4[2] - kh) // st[0] + 1
+        ow = (wd + pads4[1] + pads4[3] - kw) // st[1] + 1
+        ws = np.asarray(wscale).reshape(-1)
+        tmp = out + "__conv" if len(ins) > 2 and ins[2] else out
+        self._dense_common(
+            node,
+            idx,
+            name,
+            src,
+            tmp,
+            w,
+            storage,
+            ws,
+            (oh, ow, w.shape[3]),
+            lambda ls, wt: Conv(
+                name, [src], tmp, weight=w, weight_type=wt, weight_lshift=ls, strides=st, pads=pads4
+            ),  # type: ignore[arg-type]
+        )
+        if len(ins) > 2 and ins[2]:
+            self._add_const(node, idx, name + "_bias", tmp, ins[2], out)
+
+    def _op_Add(self, node, idx, name, ins, out):
+        a, b = ins
+        if a in self.consts and b not in self.consts:
+            a, b = b, a
+        if b in self.consts:
+            self._add_const(node, idx, name, self._dyn(a), b, out)
+            return
+        sa, sb = self._dyn(a), self._dyn(b)
+        ta, tb = self.tensors[sa], self.tensors[sb]
+        if not (ta.pot and tb.pot):
+            raise self._unsupported(node, idx, "adding two tensors with non power-of-two scales")
+        if ta.shape != tb.shape:
+            raise self._unsupported(node, idx, f"broadcasting add {ta.shape} + {tb.shape}")
+        f = max(ta.type.frac, tb.type.frac)
+        op = AddTensors(name, [sa, sb], out, shift_a=f - ta.type.frac, shift_b=f - tb.type.frac)
+        self.ops.append(op)
+        (alo, ahi), (blo, bhi) = self.bounds[sa], self.bounds[sb]
+        self._add_tensor(
+            out,
+            ta.shape,
+            (alo << op.shift_a) + (blo << op.shift_b),
+            (ahi << op.shift_a) + (bhi << op.shift_b),
+            np.asarray(2.0**-f),
+        )
+
+    def _op_Sub(self, node, idx, name, ins, out):
+        a, b = ins
+        if b not in self.consts:
+            raise self._unsupported(node, idx, "Sub of two tensors (only tensor - constant)")
+        c = self.consts[b]
+        self.consts[b + "__neg"] = _Const(
+            -c.value, None if c.codes is None else -c.codes, c.scale, c.storage, c.node
+        )
+        self._add_const(node, idx, name, self._dyn(a), b + "__neg", out)
+
+    def _fuse_bias(self, src: str) -> Dense | None:
+        """The Dense/Conv producing ``src`` if its output has no other consumer yet."""
+        if not self.ops or self.ops[-1].output != src or not isinstance(self.ops[-1], Dense):
+            return None
+        op = self.ops[-1]
+        return op if op.bias is None else None
+
+    def _add_const(self, node, idx, name, src, cname, out):
+        ti = self.tensors[src]
+        c = self.consts[cname]
+        cval = np.asarray(c.value, np.float64)
+        if cval.size > 1:
+            cval = cval.reshape(-1)
+            if cval.size != ti.shape[-1]:
+                raise self._unsupported(
+                    node, idx, f"constant of shape {c.value.shape} (per-channel or scalar only)"
+                )
+        dense = self._fuse_bias(src)
+        if (
+            c.codes is not None
+            and c.scale is not None
+            and ti.pot
+            and c.scale.size == 1
+            and _is_pot(float(c.scale.reshape(-1)[0]))
+        ):
+            # Quantized bias with power-of-two scale: exact integer add after aligning binary points.
+            fb = -_log2_int(float(c.scale.reshape(-1)[0]))
+            fa = ti.type.frac
+            f = max(fa, fb)
+            codes = np.broadcast_to(c.codes.reshape(-1), (ti.shape[-1],)).astype(np.int64)
+            btype = FixedType(
+                c.storage.signed if c.storage else True, c.storage.width if c.storage else 32, fb
+            )
+            lo, hi = self.bounds[src]
+            if dense is not None:
+                dense.bias = codes.copy()
+                dense.bias_type = btype
+                dense.bias_shift = f - fb
+                dense.acc_shift = f - fa
+                dense.output = out
+                del self.tensors[src]
+                del self.bounds[src]
+                self._add_tensor(
+                    out,
+                    ti.shape,
+                    (lo << (f - fa)) + int((codes << (f - fb)).min()),
+                    (hi << (f - fa)) + int((codes << (f - fb)).max()),
+                    np.asarray(2.0**-f),
+                )
+                return
+            op = Affine(
+                name, [src], out, mult=np.array(1 << (f - fa), np.int64), offset=codes << (f - fb)
+            )
+            self.ops.append(op)
+            self._add_tensor(
+                out,
+                ti.shape,
+                (lo << (f - fa)) + int(op.offset.min()),
+                (hi << (f - fa)) + int(op.offset.max()),
+                np.asarray(2.0**-f),
+            )
+            return
+        # Float constant: fixed-point affine with affine_frac_bits fractional bits.
+        self._affine(
+            node, idx, name, src, out, np.ones_like(np.atleast_1d(cval)), np.atleast_1d(cval)
+        )
+
+    def _affine(self, node, idx, name, src, out, a: np.ndarray, b: np.ndarray) -> None:
+        """y = x*a + b (real, per channel) as fixed point: codes*mult + offset at 2**-F."""
+        ti = self.tensors[src]
+        F = self.options.affine_frac_bits
+        real_mult = np.asarray(ti.scale, np.float64) * a  # value per input code
+        mult = np.rint(real_mult * 2.0**F).astype(np.int64)
+        offset = np.rint(b * 2.0**F).astype(np.int64)
+        exact = bool(np.all(mult * 2.0**-F == real_mult) and np.all(offset * 2.0**-F == b))
+        if np.all(mult == 0):
+            raise self._unsupported(node, idx, f"constant too small for {F} fractional bits")
+        if not exact:
+            self.notes.append(f"{name}: float constants rounded to {F} fractional bits")
+        mult = mult.reshape(-1) if mult.size > 1 else mult.reshape(())
+        offset = offset.reshape(-1) if offset.size > 1 else offset.reshape(())
+        op = Affine(name, [src], out, mult=mult, offset=offset, exact_vs_qonnx=exact)
+        self.ops.append(op)
+        lo, hi = self.bounds[src]
+        c1, c2 = lo * mult + offset, hi * mult + offset
+        self._add_tensor(
+            out,
+            ti.shape,
+            int(np.minimum(c1, c2).min()),
+            int(np.maximum(c1, c2).max()),
+            np.asarray(2.0**-F),
+        )
+
+    def _op_Mul(self, node, idx, name, ins, out):
+        a, b = ins
+        if a in self.consts and b not in self.consts:
+            a, b = b, a
+        if b not in self.consts:
+            raise self._unsupported(node, idx, "Mul of two tensors (only tensor * constant)")
+        src = self._dyn(a)
+        ti = self.tensors[src]
+        c = np.asarray(self.consts[b].value, np.float64)
+        if c.size == 1 and _is_pot(abs(float(c.reshape(-1)[0]))) and float(c.reshape(-1)[0]) > 0:
+            # Power-of-two scaling is free in hardware: only the binary point moves.
+            self.alias[out] = src
+            self.tensors[src].scale = self.tensors[src].scale * float(c.reshape(-1)[0])
+            t = self.tensors[src]
+            lo, hi = self.bounds[src]
+            self._add_tensor(src, t.shape, lo, hi, t.scale)
+            return
+        cv = c.reshape(-1)
+        if cv.size not in (1, ti.shape[-1]):
+            raise self._unsupported(
+                node, idx, f"constant of shape {c.shape} (per-channel or scalar only)"
+            )
+        self._affine(node, idx, name, src, out, cv, np.zeros_like(cv))
+
+    def _op_BatchNormalization(self, node, idx, name, ins, out):
+        src = self._dyn(ins[0])
+        ti = self.tensors[src]
+        gamma, beta, mean, var = (
+            np.asarray(self.consts[i].value, np.float64).reshape(-1) for i in ins[1:5]
+        )
+        eps = float(self._attr(node, "epsilon", 1e-5))
+        if (
+            len(ti.shape) == 3
+            and "channels_last" not in (node.domain or "")
+            and ti.shape[-1] != gamma.size
+        ):
+            raise self._unsupported(
+                node, idx, "NCHW BatchNormalization: run ConvertToChannelsLastAndClean first"
+            )
+        a = gamma / np.sqrt(var + eps)
+        b = beta - mean * a
+        self._affine(node, idx, name, src, out, a, b)
+
+
+def _load_model_wrapper(model: Any) -> Any:
+    """Accept a path, ModelProto or ModelWrapper; refuse unreadable files clearly."""
+    import onnx
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    if isinstance(model, ModelWrapper):
+        return model
+    if isinstance(model, onnx.ModelProto):
+        return ModelWrapper(model)
+    path = Path(model)
+    if not path.is_file():
+        raise CorruptFileError(f"ONNX file '{path}' does not exist")
+    try:
+        proto = onnx.load(str(path))
+    except Exception as exc:  # onnx raises DecodeError / various on garbage
+        raise CorruptFileError(f"'{path}' is not a readable ONNX model: {exc}") from exc
+    if len(proto.graph.node) == 0:
+        raise CorruptFileError(f"'{path}' has an empty graph (truncated or not an ONNX model)")
+    mw = ModelWrapper(proto)
+    mw._edgeml_source = str(path)
+    return mw
