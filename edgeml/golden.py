@@ -114,9 +114,9 @@ def _im2col_nhwc(
     x: np.ndarray, kh: int, kw: int, stride: tuple[int, int], pads: tuple[int, int, int, int]
 ) -> np.ndarray:
     """(N,H,W,C) -> (N,OH,OW,kh,kw,C) patches (a view where no padding is needed)."""
-    t, l, b, r = pads
+    top, left, bottom, right = pads
     if any(pads):
-        x = np.pad(x, ((0, 0), (t, b), (l, r), (0, 0)))
+        x = np.pad(x, ((0, 0), (top, bottom), (left, right), (0, 0)))
     n, h, w, c = x.shape
     oh = (h - kh) // stride[0] + 1
     ow = (w - kw) // stride[1] + 1
@@ -211,7 +211,7 @@ class Dense(Op):
 
     kind: ClassVar[str] = "dense"
     weight: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), np.int64))
-    weight_type: FixedType = FixedType(True, 8, 0)
+    weight_type: FixedType = field(default_factory=lambda: FixedType(True, 8, 0))
     weight_lshift: np.ndarray = field(default_factory=lambda: np.array(0, dtype=np.int64))
     bias: np.ndarray | None = None
     bias_type: FixedType | None = None
@@ -276,9 +276,13 @@ class MaxPool(Op):
     pads: tuple[int, int, int, int] = (0, 0, 0, 0)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        t, l, b, r = self.pads
+        top, left, bottom, right = self.pads
         if any(self.pads):
-            x = np.pad(x, ((0, 0), (t, b), (l, r), (0, 0)), constant_values=np.iinfo(np.int64).min)
+            x = np.pad(
+                x,
+                ((0, 0), (top, bottom), (left, right), (0, 0)),
+                constant_values=np.iinfo(np.int64).min,
+            )
         p = _im2col_nhwc(x, self.kernel[0], self.kernel[1], self.strides, (0, 0, 0, 0))
         return p.max(axis=(3, 4))
 
@@ -646,15 +650,19 @@ class _Compiler:
         if op == "Transpose":
             perm = self._attr(node, "perm")
             src = self.consts[node.input[0]]
+            scale = src.scale
+            if scale is not None and scale.size > 1:
+                # broadcastable per-channel scales transpose with their tensor
+                scale = np.transpose(
+                    scale.reshape((1,) * (src.value.ndim - scale.ndim) + scale.shape), perm
+                )
             self.consts[out] = _Const(
                 np.transpose(src.value, perm),
                 None if src.codes is None else np.transpose(src.codes, perm),
-                None if src.scale is None or src.scale.size == 1 else None,
+                scale,
                 src.storage,
                 src.node,
             )
-            if src.scale is not None and src.scale.size == 1:
-                self.consts[out].scale = src.scale
             return
         if op in ("Reshape", "Flatten"):
             src = self.consts[node.input[0]]
@@ -854,30 +862,39 @@ class _Compiler:
         lo, hi = self._int_range(bits, signed, narrow)
         if bits == 1 and signed:
             raise self._unsupported(node, idx, "1-bit signed Quant (use BipolarQuant)")
-        self._requant(node, idx, name, src, out, s, lo, hi, mode)
+        self._requant(
+            node, idx, name, src, out, lo, hi, mode, ratio=self.tensors[src].scale / s, s_out=s
+        )
 
     def _op_Trunc(self, node, idx, name, ins, out):
+        """QONNX Trunc: drop low bits of an integer tensor (v1: 4 params, v2: 5 params)."""
         src = self._dyn(ins[0])
-        c = [self.consts[i].value for i in ins[1:]]
+        ti = self.tensors[src]
+        c = [np.asarray(self.consts[i].value, np.float64) for i in ins[1:]]
         if len(c) == 5:  # v2: scale, zeropt, in_bw, out_scale, out_bw
-            scale, zp, in_bw, out_scale, out_bw = c
-            out_s = np.asarray(out_scale, np.float64)
-        else:  # v1: scale, zeropt, in_bw, out_bw
+            scale, zp, _in_bw, out_scale, out_bw = c
+            # QONNX rounds the code ratio to a power of two (Brevitas TruncIntQuant)
+            ratio = 2.0 ** -np.round(np.log2(out_scale / scale))
+            s_out = out_scale
+        else:  # v1: scale, zeropt, in_bw, out_bw; the output keeps the input scale
             scale, zp, in_bw, out_bw = c
-            out_s = np.asarray(scale, np.float64) * 2.0 ** (float(in_bw) - float(out_bw))
-        if np.any(np.asarray(zp) != 0):
+            ratio = 2.0 ** -(float(in_bw) - float(out_bw))
+            s_out = scale
+        if np.any(zp != 0):
             raise self._unsupported(node, idx, "non-zero zero point")
+        if not np.allclose(scale, ti.scale):
+            raise self._unsupported(
+                node, idx, "Trunc input scale differs from its producer's scale"
+            )
         signed = bool(self._attr(node, "signed", 1))
         narrow = bool(self._attr(node, "narrow", 0))
         mode = str(self._attr(node, "rounding_mode", "FLOOR")).upper()
         mode = "HALF_EVEN" if mode == "ROUND" else mode
-        lo, hi = self._int_range(int(np.asarray(out_bw).reshape(-1)[0]), signed, narrow)
-        ti = self.tensors[src]
-        if not np.allclose(np.asarray(scale, np.float64), ti.scale):
-            raise self._unsupported(
-                node, idx, "Trunc input scale differs from its producer's scale"
-            )
-        self._requant(node, idx, name, src, out, out_s, lo, hi, mode)
+        if len(c) == 5:
+            lo, hi = self._int_range(int(np.asarray(out_bw).reshape(-1)[0]), signed, narrow)
+        else:  # v1 does not clamp
+            lo, hi = -(1 << 62), (1 << 62)
+        self._requant(node, idx, name, src, out, lo, hi, mode, ratio=np.asarray(ratio), s_out=s_out)
 
     def _requant(
         self,
@@ -886,14 +903,15 @@ class _Compiler:
         name,
         src,
         out,
-        s: np.ndarray,
         lo: int,
         hi: int,
         mode: str,
+        *,
+        ratio: np.ndarray,
+        s_out: np.ndarray,
     ) -> None:
-        """Quantize tensor ``src`` (codes * in_scale) to codes of scale ``s``."""
+        """Codes of ``src`` times the real ``ratio``, rounded and clamped; output LSB ``s_out``."""
         ti = self.tensors[src]
-        ratio = ti.scale / s  # real multiplier from input codes to output codes
         ratio_flat = np.atleast_1d(ratio).astype(np.float64)
         if np.all([_is_pot(float(r)) for r in ratio_flat]) and np.all(ratio_flat == ratio_flat[0]):
             e = _log2_int(float(ratio_flat[0]))  # y = x * 2**e
@@ -913,6 +931,12 @@ class _Compiler:
                     f"(max rel. err {float(np.max(np.abs(mult * 2.0**-k - ratio) / ratio)):.2e})"
                 )
         mult = mult.reshape(-1) if mult.size > 1 else mult.reshape(())
+        plo, phi = self.bounds[src]
+        cand = [round_shift(np.asarray(v * mult), shift, mode) for v in (plo, phi)]
+        ylo = int(np.clip(min(np.min(c) for c in cand), lo, hi))
+        yhi = int(np.clip(max(np.max(c) for c in cand), lo, hi))
+        if lo < -(1 << 61):  # unclamped (Trunc v1): the clamp is a no-op at the value range
+            lo, hi = ylo, yhi
         op = Requant(
             name,
             [src],
@@ -925,11 +949,7 @@ class _Compiler:
             exact_vs_qonnx=exact,
         )
         self.ops.append(op)
-        plo, phi = self.bounds[src]
-        cand = [round_shift(np.asarray(v * mult), shift, mode) for v in (plo, phi)]
-        ylo = int(np.clip(min(np.min(c) for c in cand), lo, hi))
-        yhi = int(np.clip(max(np.max(c) for c in cand), lo, hi))
-        s_out = np.asarray(s, np.float64)
+        s_out = np.asarray(s_out, np.float64)
         if s_out.size > 1:
             raise self._unsupported(node, idx, "per-channel activation quantizer scales")
         self._add_tensor(out, ti.shape, ylo, yhi, s_out)

@@ -1,0 +1,169 @@
+"""Typed, validated configuration for a flow run.
+
+Everything a stage needs is in :class:`FlowConfig`. It is checked when it is
+loaded (pydantic, ``extra="forbid"``): an unknown key names the closest valid
+ones, and a bad value names the field, what was received and what is allowed.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from edgeml.errors import ConfigError, CorruptFileError
+
+BUILTIN_DESIGNS: tuple[str, ...] = ("mlp", "cnn")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TrainConfig(_Strict):
+    """Float training, quantization-aware training and pruning fine-tune."""
+
+    epochs_float: int = Field(60, ge=1, le=10_000)
+    epochs_qat: int = Field(40, ge=1, le=10_000)
+    epochs_finetune: int = Field(40, ge=1, le=10_000)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class CompressConfig(_Strict):
+    """Quantization and pruning. Bit widths are those of weights and activations."""
+
+    bit_width: int = Field(6, ge=2, le=16)
+    sparsity: float = Field(0.5, ge=0.0, le=0.95)
+
+
+class HlsConfig(_Strict):
+    """hls4ml project settings (Vitis backend, io_parallel)."""
+
+    enabled: bool = True
+    part: str = "xcvu13p-flga2577-2-e"
+    clock_period: float = Field(5.0, gt=0.0, le=1000.0)
+    reuse_factor: int = Field(1, ge=1, le=4096)
+    io_type: Literal["io_parallel"] = "io_parallel"
+    backend: Literal["Vitis"] = "Vitis"
+
+
+class RtlConfig(_Strict):
+    """Verilog generation (da4ml) and Verilator simulation."""
+
+    enabled: bool = True
+    pipelined: bool = True
+    latency_cutoff: float = Field(5.0, gt=0.0, le=1000.0)
+    cocotb_vectors: int = Field(200, ge=0, le=100_000)
+
+
+class VerifyConfig(_Strict):
+    """How many vectors each level is compared on."""
+
+    n_random: int = Field(10_000, ge=0, le=10_000_000)
+    seed: int = Field(1234, ge=0)
+
+
+class FaultConfig(_Strict):
+    """The exhaustive single-bit weight/bias campaign."""
+
+    enabled: bool = True
+    max_samples: int = Field(1000, ge=1, le=1_000_000)
+
+
+class FlowConfig(_Strict):
+    """One design's flow. ``design`` is a built-in name or ``external`` (``--onnx``)."""
+
+    design: str = "mlp"
+    onnx: str | None = None  # a QONNX file made elsewhere (FINN, Brevitas, QKeras via qonnx)
+    seed: int = Field(0, ge=0)
+    train: TrainConfig = TrainConfig()
+    compress: CompressConfig = CompressConfig()
+    hls: HlsConfig = HlsConfig()
+    rtl: RtlConfig = RtlConfig()
+    verify: VerifyConfig = VerifyConfig()
+    faults: FaultConfig = FaultConfig()
+
+
+def _field_names(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    cur: Any = model
+    for part in loc[:-1]:
+        field = cur.model_fields.get(part) if isinstance(part, str) else None
+        if field is None or not isinstance(field.annotation, type):
+            return []
+        cur = field.annotation
+    return list(cur.model_fields) if hasattr(cur, "model_fields") else []
+
+
+def _explain(exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        where = ".".join(str(p) for p in loc) or "(root)"
+        got = err.get("input")
+        if err["type"] == "extra_forbidden":
+            valid = _field_names(FlowConfig, loc)
+            close = difflib.get_close_matches(str(loc[-1]), valid, n=3)
+            hint = f" Did you mean: {', '.join(close)}?" if close else ""
+            lines.append(
+                f"unknown config field '{where}'.{hint} Valid fields here: {', '.join(valid)}"
+            )
+        else:
+            lines.append(f"config field '{where}': {err['msg']} (got {got!r})")
+    return "; ".join(lines)
+
+
+def validate_config(data: dict[str, Any]) -> FlowConfig:
+    """Build a FlowConfig from a plain dict, raising ConfigError with a clear message."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"config must be a mapping of fields, got {type(data).__name__}")
+    try:
+        cfg = FlowConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc)) from None
+    return cfg
+
+
+def check_design(cfg: FlowConfig, external: bool) -> None:
+    """The design must be built in unless an external ONNX file is given."""
+    if not external and cfg.design not in BUILTIN_DESIGNS:
+        raise ConfigError(
+            f"config field 'design': unknown built-in design {cfg.design!r}; allowed: "
+            f"{', '.join(BUILTIN_DESIGNS)} (or pass --onnx FILE for a model made elsewhere)"
+        )
+
+
+def load_config(path: str | Path) -> FlowConfig:
+    """Load a YAML or JSON config file."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file '{p}' does not exist")
+    text = p.read_text()
+    try:
+        if p.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        else:
+            data = json.loads(text)
+    except Exception as exc:
+        raise CorruptFileError(
+            f"config file '{p}' is not valid {p.suffix[1:] or 'JSON'}: {exc}"
+        ) from exc
+    return validate_config(data)
+
+
+def apply_overrides(cfg: FlowConfig, overrides: dict[str, Any]) -> FlowConfig:
+    """Return a copy with dotted-key overrides (e.g. ``{"compress.bit_width": 4}``), re-validated."""
+    data = cfg.model_dump()
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        node = data
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    return validate_config(data)

