@@ -24,12 +24,11 @@ class _Strict(BaseModel):
 
 
 class TrainConfig(_Strict):
-    """Float training, quantization-aware training and pruning fine-tune."""
+    """Float training, quantization-aware training and pruning fine-tune (CUDA when available)."""
 
     epochs_float: int = Field(60, ge=1, le=10_000)
     epochs_qat: int = Field(40, ge=1, le=10_000)
     epochs_finetune: int = Field(40, ge=1, le=10_000)
-    device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
 class CompressConfig(_Strict):

@@ -134,7 +134,6 @@ def stage_train(ctx: Context) -> dict[str, Any]:
         data,
         epochs=ctx.cfg.train.epochs_float,
         seed=ctx.cfg.seed,
-        device=ctx.cfg.train.device,
     )
     acc = digits.accuracy(model, data.x_test, data.y_test)
     out = ctx.run.file("float.pt")
@@ -154,7 +153,7 @@ def stage_compress(ctx: Context) -> dict[str, Any]:
 
     data = _digits(ctx)
     fpath = ctx.run.require("float.pt")
-    float_model = digits.load_checkpoint(fpath)
+    float_model, _ = digits.load_checkpoint(fpath)
     c = ctx.cfg.compress
     qat = digits.train_qat(
         ctx.cfg.design,
@@ -163,17 +162,16 @@ def stage_compress(ctx: Context) -> dict[str, Any]:
         bit_width=c.bit_width,
         epochs=ctx.cfg.train.epochs_qat,
         seed=ctx.cfg.seed,
-        device=ctx.cfg.train.device,
     )
     qat_acc = digits.accuracy(qat, data.x_test, data.y_test)
-    pruned, sparsity = digits.prune_and_finetune(
+    pruned = digits.prune_and_finetune(
         qat,
         data,
         sparsity=c.sparsity,
         epochs=ctx.cfg.train.epochs_finetune,
         seed=ctx.cfg.seed,
-        device=ctx.cfg.train.device,
     )
+    sparsity = digits.weight_sparsity(pruned)
     pruned_acc = digits.accuracy(pruned, data.x_test, data.y_test)
     out = ctx.run.file("model.pt")
     digits.save_checkpoint(
@@ -208,7 +206,7 @@ def stage_export(ctx: Context) -> dict[str, Any]:
         from edgeml.models import digits
 
         mpath = ctx.run.require("model.pt")
-        model = digits.load_checkpoint(mpath)
+        model, _ = digits.load_checkpoint(mpath)
         export_qonnx(model, (1, 1, 8, 8), out)
         inputs = [mpath]
     ctx.results.pop("golden", None)
@@ -256,20 +254,10 @@ def _ident(name: str) -> str:
 
 def _hls_design(ctx: Context) -> Any:
     if "hls" not in ctx.results:
-        from edgeml.hls import load_hls
+        from edgeml.hls import HlsDesign
 
         ctx.run.require("hls.json")
-        g = ctx.golden()
-        ctx.results["hls"] = load_hls(
-            ctx.run.require("model.qonnx.onnx"),
-            ctx.hls_dir,
-            name=_ident(ctx.name),
-            input_type=g.input_type,
-            output_type=g.output_type,
-            part=ctx.cfg.hls.part,
-            clock_period=ctx.cfg.hls.clock_period,
-            reuse_factor=ctx.cfg.hls.reuse_factor,
-        )
+        ctx.results["hls"] = HlsDesign.load(ctx.hls_dir)
     return ctx.results["hls"]
 
 
@@ -378,7 +366,12 @@ def stage_verify(ctx: Context) -> dict[str, Any]:
         hls = _hls_design(ctx)
         levels.append(
             V.run_level(
-                "hls4ml C-sim", g, x, ref, hls.predict_int, getattr(hls, "trace_golden", None)
+                "hls4ml C-sim",
+                g,
+                x,
+                ref,
+                hls.predict_int,
+                lambda xc: _hls_trace_codes(ctx, hls, xc),
             )
         )
     else:
@@ -437,12 +430,45 @@ def stage_verify(ctx: Context) -> dict[str, Any]:
     return info
 
 
+def _hls_trace_codes(ctx: Context, hls: Any, x: np.ndarray) -> dict[str, np.ndarray]:
+    """hls4ml per-layer codes keyed by golden tensor name.
+
+    hls4ml names layers after ONNX nodes (``Dense_MatMul_1`` for ``MatMul_1``)
+    and fuses a ReLU with the Quant after it; such a layer is matched to the
+    golden Requant output when its type has that Requant's binary point.
+    """
+    g = ctx.golden()
+    tr = hls.trace_int(x, codes=False)
+    types = getattr(hls, "layer_types", {}) or {}
+    out: dict[str, np.ndarray] = {}
+    for i, op in enumerate(g.ops):
+        if op.kind in ("reshape", "transpose"):
+            continue
+        hits = [k for k in tr if k == op.name or k.endswith("_" + op.name)]
+        if len(hits) != 1:
+            continue
+        target = op
+        nxt = g.ops[i + 1] if i + 1 < len(g.ops) else None
+        t = types.get(hits[0])
+        if op.kind == "relu" and nxt is not None and nxt.kind == "requant" and t is not None:
+            if t.frac == g.tensors[nxt.output].type.frac:
+                target = nxt
+        shape = g.tensors[target.output].shape
+        v = np.asarray(tr[hits[0]], np.float64)
+        if v.size != len(x) * int(np.prod(shape)):
+            continue
+        q = v.reshape(len(x), *shape) / g.tensors[target.output].scale
+        out[target.output] = np.rint(q).astype(np.int64)
+    return out
+
+
 def _brevitas_level(ctx: Context, g: GoldenModel, x: np.ndarray, ref: np.ndarray) -> Any:
     """The trained Brevitas model on the same inputs, converted to output codes exactly."""
     from edgeml import verify as V
+    from edgeml.brevitas_trace import torch_trace_codes
     from edgeml.models import digits
 
-    model = digits.load_checkpoint(ctx.run.require("model.pt"))
+    model, _ = digits.load_checkpoint(ctx.run.require("model.pt"))
     scale = float(np.asarray(g.output_scale).reshape(-1)[0])
     xin = x.astype(np.float64) * g.input_real_scale
 
@@ -457,7 +483,7 @@ def _brevitas_level(ctx: Context, g: GoldenModel, x: np.ndarray, ref: np.ndarray
         x,
         ref,
         predict,
-        lambda xc: digits.torch_trace_codes(model, xc.astype(np.float64) * g.input_real_scale, g),
+        lambda xc: torch_trace_codes(model, xc.astype(np.float64) * g.input_real_scale, g),
     )
     # Exactness of the float->code conversion itself: torch outputs must lie on the grid.
     y = digits.torch_predict(model, xin[:2000])

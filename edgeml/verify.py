@@ -159,9 +159,11 @@ def run_level(
         if trace is not None:
             _, gtrace = g.run(x_codes[bad], trace=True)
             other = trace(x_codes[bad])
-            res.first_divergent_layer = first_divergent_layer(
-                gtrace, other, [op.output for op in g.ops]
-            )
+            name = first_divergent_layer(gtrace, other, [op.output for op in g.ops])
+            if name is not None:
+                op = next(o for o in g.ops if o.output == name)
+                res.first_divergent_layer = f"{op.name} ({op.kind})"
+            res.extra["layers_compared"] = sorted(other)
         if res.first_divergent_layer is None:
             res.first_divergent_layer = f"output (first at vector {res.first_mismatch_vector})"
     return res

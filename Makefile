@@ -1,0 +1,52 @@
+# edgeml: `make demo` runs the whole flow on the default design; `make test` runs the tests.
+# Both create the virtual environment (.venv) if it is missing and install everything:
+# torch 2.13.0 first (a CPU wheel), then edgeml with its pinned toolchain, then yosys (apt,
+# for resource estimates) when running as root and it is missing.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.edgeml-installed
+DESIGN ?= mlp
+PYTEST_ARGS ?=
+
+.PHONY: setup sysdeps demo demo-cnn test test-fast lint bench clean
+
+setup: $(STAMP) sysdeps
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip setuptools wheel
+	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@touch $@
+
+# yosys gives LUT/FF/DSP estimates; Debian's package is the only non-PyPI dependency.
+sysdeps:
+	@command -v yosys >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing yosys (apt)"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq yosys >/dev/null) \
+	      || echo "warning: could not install yosys; resource estimates will be skipped"; \
+	  else echo "warning: yosys not found; resource estimates will be skipped"; fi; }
+
+demo: setup
+	$(VENV)/bin/edgeml flow --design $(DESIGN)
+
+demo-cnn: setup
+	$(VENV)/bin/edgeml flow --design cnn
+
+test: setup
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+test-fast: setup
+	$(VENV)/bin/pytest -m "not slow and not rtl and not hls" $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+bench: setup
+	$(PY) benchmarks/bench_throughput.py
+
+clean:
+	rm -rf runs hls_projects/*/ .pytest_cache

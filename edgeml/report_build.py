@@ -1,0 +1,160 @@
+"""Assemble :class:`edgeml.report.ReportData` from a run folder's artifacts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from edgeml.manifest import read_json
+from edgeml.report import (
+    AccuracySummary,
+    BitExactRow,
+    FaultCampaign,
+    ReportData,
+    ThroughputRow,
+    write_report,
+)
+from edgeml.resources import ResourceEstimate
+
+if TYPE_CHECKING:
+    from edgeml.flow import Context
+
+
+def _maybe(path: Path) -> Any:
+    return read_json(path) if path.exists() else None
+
+
+def build_report(ctx: Context) -> Path:
+    """Read every artifact present in the run folder and write report.html."""
+    run = ctx.run
+    manifest = run.read_manifest()
+    stages = manifest.get("stages", {})
+    train = _maybe(run.file("train.json")) or {}
+    comp = _maybe(run.file("compress.json")) or {}
+    verify = _maybe(run.file("verify.json"))
+    rtl = _maybe(run.file("rtl.json")) or {}
+    faults_summary = _maybe(run.file("faults") / "summary.json") or {}
+
+    accuracy = None
+    if train or comp:
+        accuracy = AccuracySummary(
+            float_acc=train.get("float_accuracy"),
+            qat_acc=comp.get("qat_accuracy"),
+            pruned_acc=comp.get("pruned_accuracy"),
+            bit_width=comp.get("bit_width"),
+            sparsity=comp.get("sparsity"),
+        )
+
+    rows: list[BitExactRow] = []
+    throughput: list[ThroughputRow] = []
+    notes: list[str] = []
+    if verify:
+        n = verify["vectors"]
+        src = ", ".join(f"{k}: {v}" for k, v in verify.get("sources", {}).items())
+        notes.append(f"Verification vectors: {n} ({src}).")
+        throughput.append(
+            ThroughputRow("golden model (numpy)", n, n / max(verify["golden_vectors_per_s"], 1e-9))
+        )
+        for lv in verify["levels"]:
+            rows.append(
+                BitExactRow(
+                    comparison=f"golden vs {lv['level']}",
+                    vectors=lv["vectors"],
+                    mismatching_vectors=lv["mismatching_vectors"],
+                    mismatching_elements=lv["mismatching_elements"],
+                    max_abs_diff_lsb=lv["max_abs_diff_lsb"],
+                    first_divergent_layer=lv.get("first_divergent_layer") or "-",
+                    status=lv["status"] if lv["status"] in ("PASS", "FAIL", "SKIPPED") else "PASS",
+                    reason=lv.get("note", ""),
+                )
+            )
+            if lv["status"] != "SKIPPED" and lv.get("seconds"):
+                throughput.append(ThroughputRow(lv["level"], lv["vectors"], lv["seconds"]))
+        for a in verify.get("approximations", []):
+            notes.append(f"Fixed-point approximation: {a}")
+    cocotb = rtl.get("cocotb")
+    if cocotb:
+        throughput.append(
+            ThroughputRow(
+                "cocotb bench (Verilator)",
+                cocotb["vectors"],
+                cocotb["seconds"],
+                "cycle-level protocol bench incl. reset and valid handshake",
+            )
+        )
+    if rtl:
+        notes.append(
+            f"RTL top '{rtl.get('top')}', latency {rtl.get('latency_cycles')} cycles "
+            f"(da4ml, {'pipelined' if ctx.cfg.rtl.pipelined else 'combinational'})."
+        )
+
+    campaigns: list[FaultCampaign] = []
+    camp_path = run.file("faults") / "campaign.npz"
+    if camp_path.exists():
+        from edgeml.fault_injection.campaign import CampaignResult
+
+        res = CampaignResult.load(camp_path)
+        names = np.asarray(res.layer_names)
+        campaigns.append(
+            FaultCampaign(
+                layer=names[np.asarray(res.layer)],
+                param=np.asarray(res.param),
+                index=np.asarray(res.index),
+                bit=np.asarray(res.bit),
+                acc_drop=np.asarray(res.acc_drop),
+                sdc_rate=np.asarray(res.sdc_rate),
+                baseline_accuracy=float(res.baseline_accuracy),
+                n_samples=int(res.n_samples),
+                title="Exhaustive single-bit flips of weights and biases (golden model)",
+                layer_order=list(res.layer_names),
+            )
+        )
+        throughput.append(
+            ThroughputRow(
+                "fault campaign (faults)",
+                len(res.sdc_rate),
+                float(res.seconds),
+                f"{res.n_samples} samples per fault",
+            )
+        )
+        if faults_summary.get("sample_source"):
+            notes.append(f"Fault campaign samples: {faults_summary['sample_source']}.")
+
+    resources = None
+    r = rtl.get("resources")
+    if isinstance(r, dict) and "lut" in r:
+        resources = ResourceEstimate(
+            lut=r["lut"],
+            ff=r["ff"],
+            dsp=r["dsp"],
+            bram=r["bram"],
+            tool=r.get("tool", "yosys"),
+            seconds=r.get("seconds", 0.0),
+        )
+    elif isinstance(r, dict) and "error" in r:
+        notes.append(f"Resource estimate failed: {r['error']}")
+
+    versions = {}
+    timestamps = {}
+    for name, st in stages.items():
+        versions.update(st.get("tool_versions", {}))
+        timestamps[name] = f"{st.get('started', '?')} ({st.get('seconds', 0):.1f} s)"
+    golden_txt = run.file("golden.txt")
+    if golden_txt.exists():
+        notes.append("Golden integer model:\n" + golden_txt.read_text().strip())
+
+    data = ReportData(
+        design=ctx.name,
+        config=ctx.cfg.model_dump(),
+        timestamps=timestamps,
+        tool_versions=versions,
+        accuracy=accuracy,
+        bit_exact=rows,
+        fault_campaigns=campaigns,
+        resources=resources,
+        throughput=throughput,
+        notes=notes,
+    )
+    return write_report(run.file("report.html"), data)
