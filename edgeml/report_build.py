@@ -96,11 +96,10 @@ def build_report(ctx: Context) -> Path:
         from edgeml.fault_injection.campaign import CampaignResult
 
         res = CampaignResult.load(camp_path)
-        names = np.asarray(res.layer_names)
         campaigns.append(
             FaultCampaign(
-                layer=names[np.asarray(res.layer)],
-                param=np.asarray(res.param),
+                layer=res.layer_labels(),
+                param=res.param_labels(),
                 index=np.asarray(res.index),
                 bit=np.asarray(res.bit),
                 acc_drop=np.asarray(res.acc_drop),

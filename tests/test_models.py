@@ -9,6 +9,10 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from edgeml.errors import ConfigError, CorruptFileError
+from edgeml.export import EDGE_OPS, clean_qonnx, export_qonnx, load_onnx
 from edgeml.models import digits
 from edgeml.models.digits import (
     DigitsData,
@@ -25,10 +29,6 @@ from edgeml.models.digits import (
     weight_codes,
     weight_sparsity,
 )
-from onnx import TensorProto, helper, numpy_helper
-
-from edgeml.errors import ConfigError, CorruptFileError
-from edgeml.export import EDGE_OPS, clean_qonnx, export_qonnx, load_onnx
 
 ARCHS = ("mlp", "cnn")
 IN_SHAPE = (1, 1, 8, 8)

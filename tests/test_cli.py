@@ -1,0 +1,108 @@
+"""The CLI: help, exit codes and the error messages users see for bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import qonnx_builders as qb
+
+from edgeml.cli import EXIT_OK, EXIT_USAGE, EXIT_USER, main
+from edgeml.config import FlowConfig, apply_overrides, load_config, validate_config
+from edgeml.errors import ConfigError, MissingRunError
+from edgeml.manifest import RunFolder
+
+
+def run(capsys, *args: str) -> tuple[int, str, str]:
+    code = main([str(a) for a in args])
+    cap = capsys.readouterr()
+    return code, cap.out, cap.err
+
+
+def test_help_lists_every_stage_and_exit_codes(capsys):
+    with pytest.raises(SystemExit) as ei:
+        main(["--help"])
+    assert ei.value.code == 0
+    out = capsys.readouterr().out
+    for stage in ("train", "compress", "export", "convert", "rtl", "verify", "faults", "report", "flow"):
+        assert stage in out
+    assert "Exit codes" in out and "3  verification mismatch" in out
+    assert main([]) == EXIT_USAGE
+
+
+def test_bad_config_value_names_field_and_allowed_range(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("compress:\n  bit_width: 40\n")
+    code, _, err = run(capsys, "export", "--config", cfg, "--out", tmp_path / "r")
+    assert code == EXIT_USER
+    assert "compress.bit_width" in err and "less than or equal to 16" in err and "40" in err
+
+
+def test_unknown_config_key_suggests_closest(tmp_path):
+    with pytest.raises(ConfigError) as ei:
+        validate_config({"compress": {"bitwidth": 4}})
+    msg = str(ei.value)
+    assert "unknown config field 'compress.bitwidth'" in msg and "bit_width" in msg
+    with pytest.raises(ConfigError, match="sparsity"):
+        apply_overrides(FlowConfig(), {"compress.sparsity": 1.5})
+
+
+def test_unknown_design_lists_builtins(tmp_path, capsys):
+    code, _, err = run(capsys, "train", "--design", "resnet", "--out", tmp_path / "r")
+    assert code == EXIT_USER
+    assert "'resnet'" in err and "mlp, cnn" in err and "--onnx" in err
+
+
+def test_corrupt_config_file_refused(tmp_path):
+    p = tmp_path / "c.json"
+    p.write_text("{not json")
+    with pytest.raises(Exception, match=r"c\.json"):
+        load_config(p)
+
+
+def test_missing_run_folder_is_a_clear_error(tmp_path, capsys):
+    code, _, err = run(capsys, "verify", "--design", "mlp", "--out", tmp_path / "nowhere")
+    assert code == EXIT_USER
+    assert "nowhere" in err and "does not exist" in err
+    (tmp_path / "half").mkdir()
+    with pytest.raises(MissingRunError, match="'export' stage"):
+        RunFolder(tmp_path / "half").require("model.qonnx.onnx")
+
+
+def test_unsupported_op_via_cli(tmp_path, capsys):
+    p = qb.save(qb.unsupported(np.random.default_rng(0)), tmp_path / "sig.onnx")
+    code, _, err = run(capsys, "export", "--onnx", p, "--out", tmp_path / "r")
+    assert code == EXIT_USER
+    assert "Sigmoid" in err and "supports" in err
+
+
+def test_malformed_onnx_via_cli(tmp_path, capsys):
+    p = tmp_path / "junk.onnx"
+    p.write_bytes(b"\x00\x01\x02 definitely not a model")
+    code, _, err = run(capsys, "export", "--onnx", p, "--out", tmp_path / "r")
+    assert code == EXIT_USER
+    assert "junk.onnx" in err
+
+
+def test_external_flow_without_hardware_levels(tmp_path, capsys):
+    """A qonnx-built model through export, verify (QONNX reference), faults and report."""
+    p = qb.save(qb.mlp_pot(np.random.default_rng(1)), tmp_path / "ext.onnx")
+    out = tmp_path / "r"
+    code, stdout, err = run(
+        capsys, "flow", "--onnx", p, "--out", out, "--no-hls", "--no-rtl", "--vectors", "500", "-q"
+    )
+    assert code == EXIT_OK, err
+    assert "report:" in stdout
+    v = json.loads((out / "verify.json").read_text())
+    ref = next(lv for lv in v["levels"] if lv["level"].startswith("QONNX"))
+    assert ref["status"] == "PASS" and ref["mismatching_vectors"] == 0
+    m = json.loads((out / "manifest.json").read_text())
+    assert {"export", "verify", "faults", "report"} <= set(m["stages"])
+    assert m["stages"]["export"]["inputs"]  # input hash recorded
+    assert "qonnx" in m["stages"]["export"]["tool_versions"]
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 3
+    # re-running one stage alone works from the run folder
+    code, _, err = run(capsys, "report", "--out", out, "-q")
+    assert code == EXIT_OK, err
