@@ -96,9 +96,13 @@ def build_report(ctx: Context) -> Path:
         from edgeml.fault_injection.campaign import CampaignResult
 
         res = CampaignResult.load(camp_path)
+        # weights (a few bits) and biases (16 bits) of one layer get separate heatmap rows
+        rows_lp = np.array(
+            [f"{a}/{b}" for a, b in zip(res.layer_labels(), res.param_labels(), strict=True)]
+        )
         campaigns.append(
             FaultCampaign(
-                layer=res.layer_labels(),
+                layer=rows_lp,
                 param=res.param_labels(),
                 index=np.asarray(res.index),
                 bit=np.asarray(res.bit),
@@ -107,7 +111,7 @@ def build_report(ctx: Context) -> Path:
                 baseline_accuracy=float(res.baseline_accuracy),
                 n_samples=int(res.n_samples),
                 title="Exhaustive single-bit flips of weights and biases (golden model)",
-                layer_order=list(res.layer_names),
+                layer_order=[f"{n}/{p}" for n in res.layer_names for p in ("weight", "bias")],
             )
         )
         throughput.append(
