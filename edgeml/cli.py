@@ -131,7 +131,17 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("brevitas", "torch", "onnx", "hls4ml", "matplotlib", "PIL", "qonnx", "cocotb", "_runner"):
+    for noisy in (
+        "brevitas",
+        "torch",
+        "onnx",
+        "hls4ml",
+        "matplotlib",
+        "PIL",
+        "qonnx",
+        "cocotb",
+        "_runner",
+    ):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     os.environ.setdefault("ORT_LOGGING_LEVEL", "3")
 

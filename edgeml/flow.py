@@ -379,7 +379,7 @@ def stage_verify(ctx: Context) -> dict[str, Any]:
 
     if ctx.cfg.rtl.enabled:
         rtl = _rtl_design(ctx)
-        levels.append(V.run_level("RTL (Verilator)", g, x, ref, rtl.predict_int))
+        levels.append(V.run_level("RTL (Verilator)", g, x, ref, rtl.predict_int, rtl.trace_int))
     else:
         levels.append(V.skipped("RTL (Verilator)", "disabled in config"))
 

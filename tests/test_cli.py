@@ -25,7 +25,17 @@ def test_help_lists_every_stage_and_exit_codes(capsys):
         main(["--help"])
     assert ei.value.code == 0
     out = capsys.readouterr().out
-    for stage in ("train", "compress", "export", "convert", "rtl", "verify", "faults", "report", "flow"):
+    for stage in (
+        "train",
+        "compress",
+        "export",
+        "convert",
+        "rtl",
+        "verify",
+        "faults",
+        "report",
+        "flow",
+    ):
         assert stage in out
     assert "Exit codes" in out and "3  verification mismatch" in out
     assert main([]) == EXIT_USAGE
