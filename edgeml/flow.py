@@ -25,9 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from edgeml.config import FlowConfig, check_design
-from edgeml.errors import ConfigError, EdgemlError, MismatchError
+from edgeml.errors import ConfigError, EdgemlError, MismatchError, UnsupportedOpError
 from edgeml.golden import GoldenModel
 from edgeml.manifest import RunFolder, read_json, write_json
 
@@ -228,16 +229,23 @@ def stage_convert(ctx: Context) -> dict[str, Any]:
     g = ctx.golden()
     onnx_path = ctx.run.require("model.qonnx.onnx")
     h = ctx.cfg.hls
-    design = convert_hls(
-        onnx_path,
-        ctx.hls_dir,
-        name=_ident(ctx.name),
-        input_type=g.input_type,
-        output_type=g.output_type,
-        part=h.part,
-        clock_period=h.clock_period,
-        reuse_factor=h.reuse_factor,
-    )
+    try:
+        design = convert_hls(
+            onnx_path,
+            ctx.hls_dir,
+            name=_ident(ctx.name),
+            input_type=g.input_type,
+            output_type=g.output_type,
+            part=h.part,
+            clock_period=h.clock_period,
+            reuse_factor=h.reuse_factor,
+        )
+    except (UnsupportedOpError, ConfigError) as exc:
+        # The golden model and the RTL still cover this graph; record why hls4ml
+        # could not, so verify and the report say so instead of silently skipping.
+        write_json(ctx.run.file("hls.json"), {"error": str(exc)})
+        _record(ctx, "convert", t0, [onnx_path], [ctx.run.file("hls.json")], error=str(exc))
+        raise
     ctx.results["hls"] = design
     info = {"project_dir": str(ctx.hls_dir.resolve()), "seconds": round(time.time() - t0, 2)}
     write_json(ctx.run.file("hls.json"), info)
@@ -256,7 +264,9 @@ def _hls_design(ctx: Context) -> Any:
     if "hls" not in ctx.results:
         from edgeml.hls import HlsDesign
 
-        ctx.run.require("hls.json")
+        info = read_json(ctx.run.require("hls.json"))
+        if "error" in info:
+            raise UnsupportedOpError(info["error"])
         ctx.results["hls"] = HlsDesign.load(ctx.hls_dir)
     return ctx.results["hls"]
 
@@ -362,7 +372,14 @@ def stage_verify(ctx: Context) -> dict[str, Any]:
     golden_s = time.perf_counter() - t1
     levels: list[V.LevelResult] = []
 
-    if ctx.cfg.hls.enabled:
+    hls_error = None
+    if ctx.cfg.hls.enabled and ctx.run.file("hls.json").exists():
+        hls_error = read_json(ctx.run.file("hls.json")).get("error")
+    if hls_error:
+        levels.append(
+            V.skipped("hls4ml C-sim", f"hls4ml could not convert this graph: {hls_error}")
+        )
+    elif ctx.cfg.hls.enabled:
         hls = _hls_design(ctx)
         levels.append(
             V.run_level(
@@ -594,19 +611,30 @@ def run_flow(ctx: Context, stages: tuple[str, ...] = STAGES) -> dict[str, Any]:
     ctx.run.path.mkdir(parents=True, exist_ok=True)
     save_config(ctx)
     out: dict[str, Any] = {}
-    mismatch: MismatchError | None = None
-    for s in stages:
+    deferred: EdgemlError | None = None
+    stage_iter = tqdm(
+        stages, desc="edgeml flow", unit="stage", disable=not ctx.progress, leave=False
+    )
+    for s in stage_iter:
         if s not in STAGE_FUNCS:
             raise ConfigError(f"unknown stage {s!r}; allowed: {', '.join(STAGES)}")
+        stage_iter.set_postfix_str(s)
         t0 = time.time()
         try:
             out[s] = STAGE_FUNCS[s](ctx)
         except MismatchError as exc:
-            mismatch = exc
+            # keep going: the fault campaign and the report are most useful exactly now
+            deferred = deferred or exc
             out[s] = {"mismatch": str(exc)}
+        except (UnsupportedOpError, ConfigError) as exc:
+            if s != "convert":
+                raise
+            log.warning("convert: %s; continuing without the hls4ml level", exc)
+            deferred = deferred or exc
+            out[s] = {"error": str(exc)}
         out[s + "_seconds"] = round(time.time() - t0, 2)
-    if mismatch is not None:
-        raise mismatch
+    if deferred is not None:
+        raise deferred
     return out
 
 

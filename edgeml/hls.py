@@ -831,7 +831,7 @@ def _conversion_error(exc: Exception, onnx_path: Path) -> EdgemlError:
     at = f" at layer {where}" if where else ""
     return UnsupportedOpError(
         f"hls4ml could not convert {onnx_path.name}{at}: {type(exc).__name__}: {exc}. "
-        "See DESIGN.md's hls4ml pitfalls; give the model an edge form hls4ml supports."
+        "See the README's 'Known limits' (hls4ml pitfalls); the golden model and RTL still cover this graph."
     )
 
 
