@@ -130,3 +130,40 @@ def test_perturbed_brevitas_weight_is_caught(flow_run):
         i = int(torch.argmin(w.abs()))  # a small weight: the per-tensor scale stays put
         w.view(-1)[i] += 2 * float(layer.quant_weight().scale.reshape(-1)[0])
     assert compare_codes("brevitas", g.predict(x), codes()).mismatching_vectors > 0
+
+
+def test_external_qonnx_model_full_flow(tmp_path):
+    """A QONNX file built with qonnx helpers (not edgeml's exporter) through every level."""
+    import qonnx_builders as qb
+
+    p = qb.save(qb.mlp_pot(np.random.default_rng(1)), tmp_path / "ext.onnx")
+    out = tmp_path / "run"
+    code = main(
+        ["flow", "--onnx", str(p), "--out", str(out), "--hls-dir", str(tmp_path / "hls"), "-q"]
+    )
+    assert code == EXIT_OK
+    levels = _levels(out)
+    for name in ("hls4ml C-sim", "RTL (Verilator)", "QONNX reference (float)"):
+        assert levels[name]["status"] == "PASS", levels[name]
+        assert levels[name]["mismatching_vectors"] == 0
+    assert levels["RTL (Verilator)"]["vectors"] >= 10_000
+
+
+def test_external_model_hls4ml_cannot_convert_still_verified(tmp_path):
+    """Per-channel float weight scales crash hls4ml: RTL/golden still run, the report says why."""
+    import qonnx_builders as qb
+
+    p = qb.save(qb.bn_float_scales(np.random.default_rng(6)), tmp_path / "bn.onnx")
+    out = tmp_path / "run"
+    code = main(
+        ["flow", "--onnx", str(p), "--out", str(out), "--hls-dir", str(tmp_path / "hls"), "-q"]
+    )
+    assert code == 1  # the hls4ml failure is a user-facing error, reported after the rest ran
+    levels = _levels(out)
+    assert levels["hls4ml C-sim"]["status"] == "SKIPPED"
+    assert "Quant_1_param0" in levels["hls4ml C-sim"]["note"]
+    assert levels["RTL (Verilator)"]["status"] == "PASS"
+    assert levels["RTL (Verilator)"]["mismatching_vectors"] == 0
+    ref = levels["QONNX reference (float)"]
+    assert ref["extra"]["argmax_agreement"] > 0.9
+    assert "hls4ml could not convert" in (out / "report.html").read_text()
