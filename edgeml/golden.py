@@ -99,6 +99,18 @@ def round_shift(x: np.ndarray, shift: int, mode: str) -> np.ndarray:
     raise ValueError(f"unknown rounding mode {mode!r}; allowed: {ROUNDING_MODES}")
 
 
+# QONNX's rounding of real values (qonnx.custom_op.general.intquant.resolve_rounding_mode)
+FLOAT_ROUNDING: dict[str, Any] = {
+    "HALF_EVEN": np.round,
+    "FLOOR": np.floor,
+    "CEIL": np.ceil,
+    "DOWN": np.fix,
+    "UP": lambda v: np.sign(v) * np.ceil(np.abs(v)),
+    "HALF_UP": lambda v: np.sign(v) * np.floor(np.abs(v) + 0.5),
+    "HALF_DOWN": lambda v: np.sign(v) * np.ceil(np.abs(v) - 0.5),
+}
+
+
 def _is_pot(x: float) -> bool:
     if x <= 0 or not math.isfinite(x):
         return False
@@ -404,14 +416,7 @@ class GoldenModel:
             )
         q = self.input_quant
         lsb = self.input_real_scale
-        codes = np.rint(x / lsb)
-        ties = np.abs(x / lsb - np.floor(x / lsb) - 0.5) < 1e-12
-        if q.rounding == "HALF_EVEN":
-            codes = np.round(x / lsb)
-        elif q.rounding == "FLOOR":
-            codes = np.floor(x / lsb + 1e-12)
-        elif ties.any():
-            codes = np.where(ties, np.floor(x / lsb) + 1, codes)
+        codes = FLOAT_ROUNDING[q.rounding](x / lsb)
         codes = codes.astype(np.int64)
         bad = (codes < q.lo) | (codes > q.hi)
         n_bad = int(bad.sum())
@@ -730,15 +735,7 @@ class _Compiler:
         s, bits, signed, narrow, mode = self._quant_params(node, idx, scale, zp, bw)
         lo, hi = self._int_range(bits, signed, narrow)
         y = np.clip(x / s, lo, hi)
-        rnd = {
-            "HALF_EVEN": np.round,
-            "FLOOR": np.floor,
-            "CEIL": np.ceil,
-            "DOWN": np.fix,
-            "UP": lambda v: np.sign(v) * np.ceil(np.abs(v)),
-            "HALF_UP": lambda v: np.sign(v) * np.floor(np.abs(v) + 0.5),
-            "HALF_DOWN": lambda v: np.sign(v) * np.ceil(np.abs(v) - 0.5),
-        }[mode]
+        rnd = FLOAT_ROUNDING[mode]
         codes = rnd(y).astype(np.int64)
         storage = FixedType(signed, bits, 0)
         return _Const(codes * s, codes, s, storage, self._node_name(node, idx))
@@ -1265,12 +1262,11 @@ class _Compiler:
         ti = self.tensors[src]
         c = np.asarray(self.consts[b].value, np.float64)
         if c.size == 1 and _is_pot(abs(float(c.reshape(-1)[0]))) and float(c.reshape(-1)[0]) > 0:
-            # Power-of-two scaling is free in hardware: only the binary point moves.
-            self.alias[out] = src
-            self.tensors[src].scale = self.tensors[src].scale * float(c.reshape(-1)[0])
-            t = self.tensors[src]
+            # Power-of-two scaling is free in hardware: only the binary point moves,
+            # so the codes pass through unchanged (a zero-cost reshape) with a new LSB.
+            self.ops.append(Reshape(name, [src], out, shape=ti.shape))
             lo, hi = self.bounds[src]
-            self._add_tensor(src, t.shape, lo, hi, t.scale)
+            self._add_tensor(out, ti.shape, lo, hi, ti.scale * float(c.reshape(-1)[0]))
             return
         cv = c.reshape(-1)
         if cv.size not in (1, ti.shape[-1]):

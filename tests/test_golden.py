@@ -164,3 +164,16 @@ def test_interval_types_bound_every_traced_value(tmp_path):
     for name, v in tr.items():
         t = g.tensors[name].type
         assert v.min() >= t.qmin and v.max() <= t.qmax, name
+
+
+def test_power_of_two_mul_moves_binary_point_only(tmp_path):
+    """Mul by 0.25 costs nothing: codes pass through; a second consumer keeps the old scale."""
+    b = qb.GraphBuilder((6,), (6,))
+    x = b.quant("inp", 2.0**-4, 8)
+    y = b.node("Mul", [x, b.const(0.25)])
+    y = b.node("Add", [y, x])  # x is used again, unscaled
+    y = b.quant(y, 2.0**-3, 8)
+    m = _clean(b.build(y), tmp_path, "mul")
+    g = GoldenModel.from_onnx(m)
+    assert g.notes == [] and all(op.exact_vs_qonnx for op in g.ops)
+    _check_exact(g, m, 300)
