@@ -103,7 +103,11 @@ def _runner(public_internals: bool) -> Any:
                 cmds[0][1:1] = ["--public-depth", "1"]
             return cmds
 
-    return _Runner()
+    runner = _Runner()
+    # cocotb pins its runner's logger at INFO (it prints every command line);
+    # follow edgeml's own verbosity instead so `-q` means quiet.
+    runner.log.setLevel(max(log.getEffectiveLevel(), logging.INFO))
+    return runner
 
 
 def _build(
