@@ -26,7 +26,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -35,7 +35,6 @@ from edgeml.fixed import FixedType, type_for_range
 
 log = logging.getLogger(__name__)
 
-Rounding = Literal["HALF_EVEN", "HALF_UP", "HALF_DOWN", "FLOOR", "CEIL", "UP", "DOWN"]
 ROUNDING_MODES: tuple[str, ...] = (
     "HALF_EVEN",
     "HALF_UP",
@@ -240,11 +239,14 @@ class Dense(Op):
             return 0
         return b << self.bias_shift
 
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        y = x @ self.effective_weight()
+    def finish(self, acc: np.ndarray) -> np.ndarray:
+        """Align the accumulator's binary point with the bias and add it."""
         if self.acc_shift:
-            y = y << self.acc_shift
-        return y + self.effective_bias()
+            acc = acc << self.acc_shift
+        return acc + self.effective_bias()
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.finish(x @ self.effective_weight())
 
 
 @dataclass
@@ -264,10 +266,7 @@ class Conv(Dense):
         n, oh, ow = p.shape[:3]
         w = self.effective_weight()
         y = p.reshape(n * oh * ow, -1) @ w.reshape(-1, w.shape[-1])
-        y = y.reshape(n, oh, ow, -1)
-        if self.acc_shift:
-            y = y << self.acc_shift
-        return y + self.effective_bias()
+        return self.finish(y.reshape(n, oh, ow, -1))
 
 
 @dataclass

@@ -57,6 +57,7 @@ from edgeml.errors import (
 )
 from edgeml.fixed import FixedType
 from edgeml.golden import (
+    ROUNDING_MODES,
     AddTensors,
     Affine,
     Bipolar,
@@ -86,16 +87,8 @@ SUPPORTED_RTL_OPS: tuple[str, ...] = (
     "add",
     "bipolar",
 )
-#: Rounding modes of Requant the RTL implements exactly.
-SUPPORTED_ROUNDING: tuple[str, ...] = (
-    "HALF_EVEN",
-    "HALF_UP",
-    "HALF_DOWN",
-    "FLOOR",
-    "CEIL",
-    "UP",
-    "DOWN",
-)
+#: Rounding modes of Requant the RTL implements exactly: all of the golden model's.
+SUPPORTED_ROUNDING: tuple[str, ...] = ROUNDING_MODES
 #: da4ml's Verilator binder moves every port element through an int32.
 MAX_PORT_BITS = 32
 #: da4ml's constant-matrix solver takes the matrix as float32: integers must stay exact.
