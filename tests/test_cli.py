@@ -116,3 +116,37 @@ def test_external_flow_without_hardware_levels(tmp_path, capsys):
     # re-running one stage alone works from the run folder
     code, _, err = run(capsys, "report", "--out", out, "-q")
     assert code == EXIT_OK, err
+
+
+@pytest.mark.hls
+def test_verify_exits_3_and_names_layer_when_csim_disagrees(tmp_path, capsys):
+    """Change one weight in the run's QONNX after hls4ml compiled it: verify must fail loudly."""
+    from qonnx.core.modelwrapper import ModelWrapper
+
+    p = qb.save(qb.mlp_pot(np.random.default_rng(1)), tmp_path / "ext.onnx")
+    out, hls = tmp_path / "r", tmp_path / "hls"
+    common = ["--out", out, "--hls-dir", hls, "--no-rtl", "-q"]
+    for stage in ("export", "convert"):
+        code, _, err = run(capsys, stage, "--onnx", p, *common)
+        assert code == EXIT_OK, err
+    code, _, err = run(capsys, "verify", *common)
+    assert code == EXIT_OK, err
+
+    m = ModelWrapper(str(out / "model.qonnx.onnx"))
+    quant = next(
+        n
+        for n in m.graph.node
+        if n.op_type == "Quant" and m.get_initializer(n.input[0]) is not None
+    )
+    w = m.get_initializer(quant.input[0]).copy()
+    w.flat[0] += 2.0 * float(m.get_initializer(quant.input[1]))  # two codes up
+    m.set_initializer(quant.input[0], w)
+    m.save(str(out / "model.qonnx.onnx"))
+
+    code, _, err = run(capsys, "verify", *common)
+    assert code == 3
+    assert "MISMATCH" in err and "hls4ml C-sim" in err
+    v = json.loads((out / "verify.json").read_text())
+    lv = next(lv for lv in v["levels"] if lv["level"] == "hls4ml C-sim")
+    assert lv["status"] == "FAIL" and lv["mismatching_vectors"] > 0
+    assert lv["first_divergent_layer"].startswith("MatMul")
