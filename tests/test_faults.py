@@ -6,6 +6,7 @@ import dataclasses
 import itertools
 from pathlib import Path
 
+import brevitas_models as bm
 import numpy as np
 import pytest
 
@@ -30,145 +31,49 @@ KINDS = ("flip", "stuck0", "stuck1")
 # --------------------------------------------------------------------------- test designs
 
 
+def _cnn2():
+    """Untrained; covers what ``mlp`` and ``cnn`` do not: per-channel power-of-two weight
+    scales (a weight left shift), padding, a per-channel bias affine, conv -> conv and
+    signed activations before pooling."""
+    from brevitas import nn as qnn
+    from brevitas.quant import Int8ActPerTensorFixedPoint
+    from torch import nn
+
+    return nn.Sequential(
+        bm.quant_input(),
+        bm.quant_conv(
+            1, 4, 3, padding=1, weight_bit_width=5, weight_scaling_per_output_channel=True
+        ),
+        bm.quant_relu(),
+        bm.quant_conv(4, 4, 3),
+        qnn.QuantIdentity(
+            act_quant=Int8ActPerTensorFixedPoint, bit_width=6, return_quant_tensor=True
+        ),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        bm.quant_linear(36, 10, last=True),
+    )
+
+
 def _build_design(kind: str, tmp: Path) -> tuple[GoldenModel, np.ndarray, np.ndarray]:
     """Brevitas model -> QONNX -> cleaned -> golden model, plus test input codes and labels.
 
     ``mlp`` (64-32-32-10) and ``cnn`` (Conv 1->8 3x3, ReLU, MaxPool 2, Linear 72->10) are
-    briefly trained on sklearn digits. ``cnn2`` is untrained and covers what those two
-    do not: per-channel power-of-two weight scales (a weight left shift), padding, a
-    per-channel bias affine, conv -> conv and signed activations before pooling.
+    briefly trained on sklearn digits (see ``brevitas_models``); ``cnn2`` is untrained
+    (see ``_cnn2``).
     """
     import torch
-    from brevitas import nn as qnn
-    from brevitas.export import export_qonnx
-    from brevitas.quant import (
-        Int8ActPerTensorFixedPoint,
-        Int8WeightPerTensorFixedPoint,
-        Int16Bias,
-        Uint8ActPerTensorFixedPoint,
-    )
-    from qonnx.core.modelwrapper import ModelWrapper
-    from qonnx.transformation.channels_last import ConvertToChannelsLastAndClean
-    from qonnx.transformation.gemm_to_matmul import GemmToMatMul
-    from qonnx.util.cleanup import cleanup_model
-    from sklearn.datasets import load_digits
-    from torch import nn
-
-    def linear(i: int, o: int, last: bool = False) -> nn.Module:
-        return qnn.QuantLinear(
-            i,
-            o,
-            bias=True,
-            weight_quant=Int8WeightPerTensorFixedPoint,
-            weight_bit_width=6,
-            bias_quant=Int16Bias,
-            return_quant_tensor=not last,
-        )
-
-    def relu() -> nn.Module:
-        return qnn.QuantReLU(
-            act_quant=Uint8ActPerTensorFixedPoint, bit_width=6, return_quant_tensor=True
-        )
-
-    def inp() -> nn.Module:
-        return qnn.QuantIdentity(
-            act_quant=Uint8ActPerTensorFixedPoint, bit_width=8, return_quant_tensor=True
-        )
-
-    class MLP(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.qi, self.l1, self.r1 = inp(), linear(64, 32), relu()
-            self.l2, self.r2, self.l3 = linear(32, 32), relu(), linear(32, 10, last=True)
-
-        def forward(self, x):
-            x = self.qi(x.flatten(1))
-            return self.l3(self.r2(self.l2(self.r1(self.l1(x)))))
-
-    class CNN(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.qi = inp()
-            self.c1 = qnn.QuantConv2d(
-                1,
-                8,
-                3,
-                padding=0,
-                weight_quant=Int8WeightPerTensorFixedPoint,
-                weight_bit_width=6,
-                bias_quant=Int16Bias,
-                return_quant_tensor=True,
-            )
-            self.r1, self.pool, self.fc = relu(), nn.MaxPool2d(2), linear(72, 10, last=True)
-
-        def forward(self, x):
-            x = self.pool(self.r1(self.c1(self.qi(x))))
-            return self.fc(x.flatten(1))
-
-    class CNN2(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.qi = inp()
-            self.c1 = qnn.QuantConv2d(
-                1,
-                4,
-                3,
-                padding=1,
-                weight_quant=Int8WeightPerTensorFixedPoint,
-                weight_bit_width=5,
-                weight_scaling_per_output_channel=True,
-                bias_quant=Int16Bias,
-                return_quant_tensor=True,
-            )
-            self.r1 = relu()
-            self.c2 = qnn.QuantConv2d(
-                4,
-                4,
-                3,
-                weight_quant=Int8WeightPerTensorFixedPoint,
-                weight_bit_width=6,
-                bias_quant=Int16Bias,
-                return_quant_tensor=True,
-            )
-            self.q2 = qnn.QuantIdentity(
-                act_quant=Int8ActPerTensorFixedPoint, bit_width=6, return_quant_tensor=True
-            )
-            self.pool, self.fc = nn.MaxPool2d(2), linear(36, 10, last=True)
-
-        def forward(self, x):
-            x = self.pool(self.q2(self.c2(self.r1(self.c1(self.qi(x))))))
-            return self.fc(x.flatten(1))
 
     torch.manual_seed(0)
-    digits = load_digits()
-    x_all = (digits.images / 16.0).astype(np.float32)[:, None]
-    y_all = digits.target.astype(np.int64)
-    model = {"mlp": MLP, "cnn": CNN, "cnn2": CNN2}[kind]()
+    x_all, y_all = bm.digits()
+    model = {"mlp": bm.mlp, "cnn": bm.cnn, "cnn2": _cnn2}[kind]()
     if kind == "cnn2":
         model.eval()
         with torch.no_grad():
             model(torch.rand(16, 1, 8, 8))  # untrained: only calibrate the quantizers
     else:
-        xt, yt = torch.tensor(x_all[:-N_TEST]), torch.tensor(y_all[:-N_TEST])
-        opt = torch.optim.Adam(model.parameters(), lr=2e-2)
-        model.train()
-        for _ in range(8):
-            perm = torch.randperm(len(xt))
-            for i in range(0, len(xt), 256):
-                idx = perm[i : i + 256]
-                opt.zero_grad()
-                out = model(xt[idx])
-                out = out.value if hasattr(out, "value") else out
-                nn.functional.cross_entropy(out, yt[idx]).backward()
-                opt.step()
-        model.eval()
-    path = tmp / f"{kind}.onnx"
-    export_qonnx(model, torch.rand(1, 1, 8, 8), export_path=str(path))
-    m = cleanup_model(ModelWrapper(str(path)))
-    m = m.transform(ConvertToChannelsLastAndClean())
-    m = m.transform(GemmToMatMul())
-    m = cleanup_model(m)
-    g = GoldenModel.from_onnx(m)
+        bm.train(model, x_all[:-N_TEST], y_all[:-N_TEST])
+    g = GoldenModel.from_onnx(bm.export_clean(model, (1, 8, 8), tmp, kind))
     x = g.quantize_input(x_all[-N_TEST:], on_overflow="saturate")
     return g, x, y_all[-N_TEST:]
 

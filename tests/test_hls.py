@@ -1,8 +1,9 @@
 """hls4ml C-sim against Brevitas: bit-exact integer codes, half-even ties, fault sensitivity.
 
-The models are built here (Brevitas, power-of-two scales, Int16Bias), exported
-with ``export_qonnx`` and cleaned as ``edgeml.export.clean_qonnx`` will do. Every
-compile is cached for the session (about 5-15 s each with g++ on 2 cores).
+The models come from ``brevitas_models`` (Brevitas, power-of-two scales, Int16Bias),
+re-initialised and calibrated here, exported with ``export_qonnx`` and cleaned with
+``edgeml.export.clean_qonnx``. Every compile is cached for the session (about 5-15 s
+each with g++ on 2 cores).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import brevitas_models as bm
 import numpy as np
 import pytest
 
@@ -35,72 +37,6 @@ QONNX_DOMAIN = "qonnx.custom_op.general"
 
 
 # --------------------------------------------------------------------------- model building
-
-
-def _clean(src: Path, dst: Path) -> Path:
-    """cleanup_model, ConvertToChannelsLastAndClean, GemmToMatMul, cleanup_model (DESIGN.md)."""
-    from qonnx.core.modelwrapper import ModelWrapper
-    from qonnx.transformation.channels_last import ConvertToChannelsLastAndClean
-    from qonnx.transformation.gemm_to_matmul import GemmToMatMul
-    from qonnx.util.cleanup import cleanup_model
-
-    model = cleanup_model(ModelWrapper(str(src)))
-    model = model.transform(ConvertToChannelsLastAndClean())
-    model = model.transform(GemmToMatMul())
-    cleanup_model(model).save(str(dst))
-    return dst
-
-
-def _quant_layers():
-    import brevitas.nn as qnn
-    from brevitas.quant import Int8WeightPerTensorFixedPoint, Int16Bias, Uint8ActPerTensorFixedPoint
-
-    wq = {
-        "weight_quant": Int8WeightPerTensorFixedPoint,
-        "weight_bit_width": 6,
-        "bias_quant": Int16Bias,
-    }
-
-    def inp():
-        return qnn.QuantIdentity(
-            act_quant=Uint8ActPerTensorFixedPoint, bit_width=8, return_quant_tensor=True
-        )
-
-    def relu():
-        return qnn.QuantReLU(
-            act_quant=Uint8ActPerTensorFixedPoint, bit_width=6, return_quant_tensor=True
-        )
-
-    def linear(i: int, o: int, quant_out: bool = True):
-        return qnn.QuantLinear(i, o, bias=True, return_quant_tensor=quant_out, **wq)
-
-    def conv(i: int, o: int, k: int):
-        return qnn.QuantConv2d(i, o, k, padding=0, bias=True, return_quant_tensor=True, **wq)
-
-    return inp, relu, linear, conv
-
-
-def _mlp():
-    import torch.nn as nn
-
-    inp, relu, linear, _ = _quant_layers()
-    return nn.Sequential(
-        inp(),
-        linear(64, 32),
-        relu(),
-        linear(32, 32),
-        relu(),
-        linear(32, 10, quant_out=False),
-    )
-
-
-def _cnn():
-    import torch.nn as nn
-
-    inp, relu, linear, conv = _quant_layers()
-    return nn.Sequential(
-        inp(), conv(1, 8, 3), relu(), nn.MaxPool2d(2), nn.Flatten(), linear(72, 10, quant_out=False)
-    )
 
 
 def _scale_frac(scale: float) -> int:
@@ -154,21 +90,11 @@ class Built:
 
 def _build(model, input_shape: tuple[int, ...], folder: Path, stem: str) -> Built:
     import torch
-    from brevitas.export import export_qonnx
 
     torch.manual_seed(0)
-    for layer in model:  # random but not tiny weights and biases (quantizer parameters untouched)
-        if isinstance(layer, (torch.nn.Linear, torch.nn.Conv2d)):
-            torch.nn.init.uniform_(layer.weight, -0.3, 0.3)
-            torch.nn.init.uniform_(layer.bias, -0.3, 0.3)
-    model.train()
-    with torch.no_grad():  # calibrate activation scales (pixel/16 like inputs in [0, 1))
-        for _ in range(20):
-            model(torch.rand(128, *input_shape))
-    model.eval()
-    raw = folder / f"{stem}.onnx"
-    export_qonnx(model, torch.rand(1, *input_shape), str(raw))
-    clean = _clean(raw, folder / f"{stem}_clean.onnx")
+    bm.init_uniform(model, 0.3)
+    bm.calibrate(model, input_shape, batches=20, batch=128)  # inputs in [0, 1) like pixel/16
+    clean = bm.export_clean(model, input_shape, folder, stem)
     in_type, out_type = _io_types(clean)
     return Built(model, clean, in_type, out_type, input_shape)
 
@@ -198,12 +124,12 @@ def work(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def mlp(work) -> Built:
-    return _build(_mlp(), (64,), work, "mlp")
+    return _build(bm.mlp(flatten=False), (64,), work, "mlp")
 
 
 @pytest.fixture(scope="session")
 def cnn(work) -> Built:
-    return _build(_cnn(), (1, 8, 8), work, "cnn")
+    return _build(bm.cnn(), (1, 8, 8), work, "cnn")
 
 
 def _compile(built: Built, project: Path, **kw) -> HlsDesign:
@@ -533,21 +459,16 @@ def test_quantizer_output_needs_its_own_type(work, tie_design):
 def test_hls4ml_failure_names_the_layer(work):
     """DESIGN.md pitfall: per-channel float weight scales leave an orphan Constant that
     makes hls4ml's infer_precision raise IndexError; edgeml names the layer."""
-    import brevitas.nn as qnn
     import torch
-    from brevitas.export import export_qonnx
-    from brevitas.quant import Int8WeightPerChannelFloat, Int16Bias, Uint8ActPerTensorFixedPoint
+    from brevitas.quant import Int8WeightPerChannelFloat
 
     _needs_gxx()
     torch.manual_seed(0)
     model = torch.nn.Sequential(
-        qnn.QuantIdentity(act_quant=Uint8ActPerTensorFixedPoint, bit_width=8, return_quant_tensor=True),
-        qnn.QuantLinear(8, 4, bias=True, weight_quant=Int8WeightPerChannelFloat, weight_bit_width=6,
-                        bias_quant=Int16Bias),
-    )  # fmt: skip
+        bm.quant_input(), bm.quant_linear(8, 4, last=True, weight_quant=Int8WeightPerChannelFloat)
+    )
     model.eval()
-    export_qonnx(model, torch.rand(1, 8), str(work / "per_channel.onnx"))
-    clean = _clean(work / "per_channel.onnx", work / "per_channel_clean.onnx")
+    clean = bm.export_clean(model, (8,), work, "per_channel")
     with pytest.raises(UnsupportedOpError, match=r"at layer \w+: IndexError"):
         convert_hls(
             clean, work / "per_channel_prj", name="pc", input_type=FixedType(False, 8, 8),

@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import brevitas_models as bm
 import numpy as np
 import pytest
 import qonnx_builders as qb
@@ -29,73 +30,14 @@ pytestmark = pytest.mark.rtl
 # --------------------------------------------------------------------------- models
 
 
-def _brevitas_golden(kind: str, path: Path, seed: int = 0) -> GoldenModel:
-    """The lead's design style: power-of-two Brevitas quantizers, 8-bit input, 6-bit weights/acts."""
-    import brevitas.nn as qnn
+def _brevitas_golden(kind: str, folder: Path, seed: int = 0) -> GoldenModel:
+    """The lead's design style (``brevitas_models``), activation scales calibrated on noise."""
     import torch
-    from brevitas.export import export_qonnx
-    from brevitas.quant import Int8WeightPerTensorFixedPoint, Int16Bias, Uint8ActPerTensorFixedPoint
-    from qonnx.core.modelwrapper import ModelWrapper
-    from qonnx.transformation.channels_last import ConvertToChannelsLastAndClean
-    from qonnx.transformation.gemm_to_matmul import GemmToMatMul
-    from qonnx.util.cleanup import cleanup_model
-    from torch import nn
-
-    def lin(i: int, o: int) -> nn.Module:
-        return qnn.QuantLinear(
-            i, o, bias=True, weight_quant=Int8WeightPerTensorFixedPoint, weight_bit_width=6,
-            bias_quant=Int16Bias, return_quant_tensor=True,
-        )  # fmt: skip
-
-    def relu() -> nn.Module:
-        return qnn.QuantReLU(
-            act_quant=Uint8ActPerTensorFixedPoint, bit_width=6, return_quant_tensor=True
-        )
-
-    def qin() -> nn.Module:
-        return qnn.QuantIdentity(
-            act_quant=Uint8ActPerTensorFixedPoint, bit_width=8, return_quant_tensor=True
-        )
-
-    class MLP(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.qi, self.f1, self.r1, self.f2, self.r2, self.f3 = (
-                qin(),
-                lin(64, 32),
-                relu(),
-                lin(32, 32),
-                relu(),
-                lin(32, 10),
-            )
-
-        def forward(self, x):
-            return self.f3(self.r2(self.f2(self.r1(self.f1(self.qi(x.flatten(1)))))))
-
-    class CNN(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.qi = qin()
-            self.c1 = qnn.QuantConv2d(
-                1, 8, 3, padding=0, weight_quant=Int8WeightPerTensorFixedPoint, weight_bit_width=6,
-                bias_quant=Int16Bias, return_quant_tensor=True,
-            )  # fmt: skip
-            self.r1, self.pool, self.f1 = relu(), nn.MaxPool2d(2), lin(72, 10)
-
-        def forward(self, x):
-            return self.f1(self.pool(self.r1(self.c1(self.qi(x)))).flatten(1))
 
     torch.manual_seed(seed)
-    model = MLP() if kind == "mlp" else CNN()
-    model.train()  # calibrate activation scales
-    with torch.no_grad():
-        for _ in range(8):
-            model(torch.rand(64, 1, 8, 8) * 2)
-    model.eval()
-    export_qonnx(model, torch.rand(1, 1, 8, 8), export_path=str(path))
-    m = cleanup_model(ModelWrapper(str(path)))
-    m = cleanup_model(m.transform(ConvertToChannelsLastAndClean()).transform(GemmToMatMul()))
-    return GoldenModel.from_onnx(m)
+    model = bm.mlp() if kind == "mlp" else bm.cnn()
+    bm.calibrate(model, (1, 8, 8), batches=8, batch=64, scale=2.0)
+    return GoldenModel.from_onnx(bm.export_clean(model, (1, 8, 8), folder, kind))
 
 
 def _clean(m, tmp: Path, name: str) -> GoldenModel:
@@ -122,12 +64,12 @@ def stable_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def mlp_golden(work) -> GoldenModel:
-    return _brevitas_golden("mlp", work / "mlp.onnx")
+    return _brevitas_golden("mlp", work)
 
 
 @pytest.fixture(scope="session")
 def cnn_golden(work) -> GoldenModel:
-    return _brevitas_golden("cnn", work / "cnn.onnx")
+    return _brevitas_golden("cnn", work)
 
 
 def _design(g: GoldenModel, out: Path, name: str, pipelined: bool):
