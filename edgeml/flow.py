@@ -17,7 +17,6 @@ in ``manifest.json``. The CLI is a thin wrapper over these.
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -641,8 +640,3 @@ def run_flow(ctx: Context, stages: tuple[str, ...] = STAGES) -> dict[str, Any]:
 def load_run_config(run: RunFolder) -> dict[str, Any] | None:
     p = run.file("config.json")
     return read_json(p) if p.exists() else None
-
-
-def clean_hls(ctx: Context) -> None:
-    if ctx.hls_dir.exists():
-        shutil.rmtree(ctx.hls_dir)
