@@ -579,7 +579,6 @@ class _Compiler:
         input_shape = tuple(int(d) for d in dims[1:])
         self.pending_layout: list[tuple[Any, int]] = []
         self.input_shape = input_shape
-        self.layout_shape = input_shape  # shape of graph input after pre-quant layout ops
 
         for idx, node in enumerate(self.graph.node):
             self._compile_node(node, idx)
@@ -800,8 +799,6 @@ class _Compiler:
                 new_shape = (int(np.prod(shape)),)
             else:
                 target = [int(v) for v in self.consts[node.input[1]].value.reshape(-1)]
-                if target and target[0] not in (-1, 0, 1):
-                    pass
                 rest = target[1:]
                 if -1 in rest:
                     known = int(np.prod([d for d in rest if d != -1]))
