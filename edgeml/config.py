@@ -16,7 +16,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgeml.errors import ConfigError, CorruptFileError
 
-BUILTIN_DESIGNS: tuple[str, ...] = ("mlp", "cnn")
+
+def builtin_designs() -> tuple[str, ...]:
+    """Names of the built-in designs (the model zoo's registry)."""
+    from edgeml.models.zoo import MODULES
+
+    return tuple(MODULES)
 
 
 class _Strict(BaseModel):
@@ -24,11 +29,14 @@ class _Strict(BaseModel):
 
 
 class TrainConfig(_Strict):
-    """Float training, quantization-aware training and pruning fine-tune (CUDA when available)."""
+    """Float training, QAT and pruning fine-tune epochs (CUDA when available).
 
-    epochs_float: int = Field(60, ge=1, le=10_000)
-    epochs_qat: int = Field(40, ge=1, le=10_000)
-    epochs_finetune: int = Field(40, ge=1, le=10_000)
+    ``None`` takes the design's own default (``DesignSpec.epochs``).
+    """
+
+    epochs_float: int | None = Field(None, ge=1, le=10_000)
+    epochs_qat: int | None = Field(None, ge=1, le=10_000)
+    epochs_finetune: int | None = Field(None, ge=1, le=10_000)
 
 
 class CompressConfig(_Strict):
@@ -127,10 +135,10 @@ def validate_config(data: dict[str, Any]) -> FlowConfig:
 
 def check_design(cfg: FlowConfig, external: bool) -> None:
     """The design must be built in unless an external ONNX file is given."""
-    if not external and cfg.design not in BUILTIN_DESIGNS:
+    if not external and cfg.design not in builtin_designs():
         raise ConfigError(
             f"config field 'design': unknown built-in design {cfg.design!r}; allowed: "
-            f"{', '.join(BUILTIN_DESIGNS)} (or pass --onnx FILE for a model made elsewhere)"
+            f"{', '.join(builtin_designs())} (or pass --onnx FILE for a model made elsewhere)"
         )
 
 

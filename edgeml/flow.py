@@ -76,25 +76,39 @@ class Context:
 # --------------------------------------------------------------------------- data
 
 
-def _digits(ctx: Context) -> Any:
-    from edgeml.models import digits
+def spec(ctx: Context) -> Any:
+    """The built-in design's :class:`~edgeml.models.zoo.DesignSpec`."""
+    from edgeml.models import zoo
 
+    return zoo.get(ctx.cfg.design)
+
+
+def dataset(ctx: Context) -> Any:
+    """The built-in design's data split (generated or shipped; cached per run)."""
     if "data" not in ctx.results:
-        ctx.results["data"] = digits.load_digits_split(seed=ctx.cfg.seed)
+        ctx.results["data"] = spec(ctx).load_data(ctx.cfg.seed)
     return ctx.results["data"]
+
+
+def _epochs(ctx: Context, phase: str) -> int:
+    """Configured epochs of a training phase, else the design's default."""
+    value = getattr(ctx.cfg.train, f"epochs_{phase}")
+    return int(value if value is not None else spec(ctx).epochs[phase])
 
 
 def eval_samples(ctx: Context) -> tuple[np.ndarray, np.ndarray, str]:
     """Input codes and labels for accuracy/fault metrics.
 
-    Built-in designs use the digits test set. For a model made elsewhere there
-    are no labels, so inputs are random codes and labels are the fault-free
-    golden top-1 (accuracy then measures agreement; SDC rate is unaffected).
+    Built-in designs use their test set (an autoencoder has no labels: ``None``).
+    For a model made elsewhere there are no labels, so inputs are random codes
+    and labels are the fault-free golden top-1 (accuracy then measures
+    agreement; SDC rate is unaffected).
     """
     g = ctx.golden()
     if not ctx.external:
-        d = _digits(ctx)
-        return g.quantize_input(d.x_test), np.asarray(d.y_test), "digits test set"
+        d, sp = dataset(ctx), spec(ctx)
+        y = np.asarray(d.y_test) if sp.task == "classification" else None
+        return g.quantize_input(d.x_test), y, f"{sp.name} test set"
     rng = np.random.default_rng(ctx.cfg.seed)
     lo, hi = g.input_quant.lo, g.input_quant.hi
     n = min(ctx.cfg.faults.max_samples, 1000)
@@ -126,22 +140,19 @@ def stage_train(ctx: Context) -> dict[str, Any]:
     if ctx.external:
         log.info("train: skipped for an external model (%s)", ctx.cfg.onnx)
         return {"skipped": "external model"}
-    from edgeml.models import digits
+    from edgeml.models import zoo
 
-    data = _digits(ctx)
-    model = digits.train_float(
-        ctx.cfg.design,
-        data,
-        epochs=ctx.cfg.train.epochs_float,
-        seed=ctx.cfg.seed,
-    )
-    acc = digits.accuracy(model, data.x_test, data.y_test)
+    sp, data = spec(ctx), dataset(ctx)
+    model = zoo.train_float(sp, data, _epochs(ctx, "float"), seed=ctx.cfg.seed)
+    metrics = zoo.evaluate(sp, model, data.x_test, sp.targets("test", data))
     out = ctx.run.file("float.pt")
-    digits.save_checkpoint(model, out, {"arch": ctx.cfg.design, "kind": "float", "accuracy": acc})
-    write_json(ctx.run.file("train.json"), {"float_accuracy": acc})
-    _record(ctx, "train", t0, [], [out, ctx.run.file("train.json")], float_accuracy=acc)
-    log.info("train: float test accuracy %.4f", acc)
-    return {"float_accuracy": acc}
+    zoo.save_checkpoint(sp, model, out, {"metrics": metrics})
+    info = {"metric": sp.primary, "float": metrics[sp.primary], "float_metrics": metrics}
+    info.update({f"float_{k}": v for k, v in metrics.items()})
+    write_json(ctx.run.file("train.json"), info)
+    _record(ctx, "train", t0, [], [out, ctx.run.file("train.json")], **info)
+    log.info("train: float test %s %.4f", sp.primary, metrics[sp.primary])
+    return info
 
 
 def stage_compress(ctx: Context) -> dict[str, Any]:
@@ -149,45 +160,40 @@ def stage_compress(ctx: Context) -> dict[str, Any]:
     t0 = time.time()
     if ctx.external:
         return {"skipped": "external model"}
-    from edgeml.models import digits
+    from edgeml.models import zoo
 
-    data = _digits(ctx)
+    sp, data = spec(ctx), dataset(ctx)
     fpath = ctx.run.require("float.pt")
-    float_model, _ = digits.load_checkpoint(fpath)
+    float_model, _, _ = zoo.load_checkpoint(fpath)
     c = ctx.cfg.compress
-    qat = digits.train_qat(
-        ctx.cfg.design,
-        data,
-        float_model,
-        bit_width=c.bit_width,
-        epochs=ctx.cfg.train.epochs_qat,
-        seed=ctx.cfg.seed,
-    )
-    qat_acc = digits.accuracy(qat, data.x_test, data.y_test)
-    pruned = digits.prune_and_finetune(
-        qat,
-        data,
-        sparsity=c.sparsity,
-        epochs=ctx.cfg.train.epochs_finetune,
-        seed=ctx.cfg.seed,
-    )
-    sparsity = digits.weight_sparsity(pruned)
-    pruned_acc = digits.accuracy(pruned, data.x_test, data.y_test)
+    y_test = sp.targets("test", data)
+    qat = zoo.train_qat(sp, data, float_model, c.bit_width, _epochs(ctx, "qat"), ctx.cfg.seed)
+    qat_m = zoo.evaluate(sp, qat, data.x_test, y_test)
+    pruned = zoo.prune(sp, data, qat, c.sparsity, _epochs(ctx, "finetune"), ctx.cfg.seed)
+    sparsity = zoo.edge_sparsity(sp, pruned)
+    pruned_m = zoo.evaluate(sp, pruned, data.x_test, y_test)
     out = ctx.run.file("model.pt")
-    digits.save_checkpoint(
-        pruned,
-        out,
-        {"arch": ctx.cfg.design, "kind": "qat", "bit_width": c.bit_width, "sparsity": sparsity},
-    )
-    info = {
-        "qat_accuracy": qat_acc,
-        "pruned_accuracy": pruned_acc,
+    zoo.save_checkpoint(sp, pruned, out, {"sparsity": sparsity})
+    info: dict[str, Any] = {
+        "metric": sp.primary,
+        "qat": qat_m[sp.primary],
+        "pruned": pruned_m[sp.primary],
+        "qat_metrics": qat_m,
+        "pruned_metrics": pruned_m,
         "sparsity": sparsity,
         "bit_width": c.bit_width,
     }
+    info.update({f"qat_{k}": v for k, v in qat_m.items()})
+    info.update({f"pruned_{k}": v for k, v in pruned_m.items()})
     write_json(ctx.run.file("compress.json"), info)
     _record(ctx, "compress", t0, [fpath], [out, ctx.run.file("compress.json")], **info)
-    log.info("compress: QAT %.4f, pruned(%.0f%%) %.4f", qat_acc, 100 * sparsity, pruned_acc)
+    log.info(
+        "compress: %s QAT %.4f, pruned(%.0f%%) %.4f",
+        sp.primary,
+        info["qat"],
+        100 * sparsity,
+        info["pruned"],
+    )
     return info
 
 
@@ -203,11 +209,11 @@ def stage_export(ctx: Context) -> dict[str, Any]:
         clean_qonnx(src, out)
         inputs = [src]
     else:
-        from edgeml.models import digits
+        from edgeml.models import zoo
 
         mpath = ctx.run.require("model.pt")
-        model, _ = digits.load_checkpoint(mpath)
-        export_qonnx(model, (1, 1, 8, 8), out)
+        model, _, sp = zoo.load_checkpoint(mpath)
+        export_qonnx(sp.edge(model), (1, *sp.input_shape), out)
         inputs = [mpath]
     ctx.results.pop("golden", None)
     g = ctx.golden()  # compile now: unsupported ops fail here, at export
@@ -354,7 +360,7 @@ def _verify_inputs(ctx: Context, n_random: int | None = None) -> tuple[np.ndarra
     g = ctx.golden()
     data = None
     if not ctx.external:
-        data = g.quantize_input(_digits(ctx).x_test)
+        data = g.quantize_input(dataset(ctx).x_test)
     n = ctx.cfg.verify.n_random if n_random is None else n_random
     return verification_vectors(g, data, n, ctx.cfg.verify.seed)
 
@@ -482,15 +488,16 @@ def _brevitas_level(ctx: Context, g: GoldenModel, x: np.ndarray, ref: np.ndarray
     """The trained Brevitas model on the same inputs, converted to output codes exactly."""
     from edgeml import verify as V
     from edgeml.brevitas_trace import torch_trace_codes
-    from edgeml.models import digits
+    from edgeml.models import training, zoo
 
-    model, _ = digits.load_checkpoint(ctx.run.require("model.pt"))
+    full, _, sp = zoo.load_checkpoint(ctx.run.require("model.pt"))
+    model = sp.edge(full)
     scale = float(np.asarray(g.output_scale).reshape(-1)[0])
     off_grid = 0
 
     def predict(xc: np.ndarray) -> np.ndarray:
         nonlocal off_grid
-        y = digits.torch_predict(model, xc.astype(np.float64) * g.input_real_scale) / scale
+        y = training.predict(model, xc.astype(np.float64) * g.input_real_scale) / scale
         q = np.rint(y)
         # exactness of the float->code conversion itself: torch outputs must lie on the grid
         off_grid += int(np.count_nonzero(q != y))

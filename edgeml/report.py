@@ -50,6 +50,8 @@ class AccuracySummary:
     bit_width: int | str | None = None
     sparsity: float | None = None
     metric: str = "top-1 accuracy"
+    #: a percentage (accuracy) or a plain number (e.g. EMD, lower is better)
+    percent: bool = True
 
     def __post_init__(self) -> None:
         for name in ("float_acc", "qat_acc", "pruned_acc", "sparsity"):
@@ -425,16 +427,23 @@ def _section_accuracy(a: AccuracySummary) -> str:
     def delta(v: float | None) -> str:
         if v is None or a.float_acc is None:
             return "-"
-        return f"{100.0 * (v - a.float_acc):+.2f} pp"
+        if a.percent:
+            return f"{100.0 * (v - a.float_acc):+.2f} pp"
+        return f"{v - a.float_acc:+.4f}"
+
+    def val(v: float | None) -> str:
+        return _pct(v) if a.percent else _fmt(v)
 
     bw = "-" if a.bit_width is None else a.bit_width
     rows = [
-        ("float", _pct(a.float_acc), "-", "float32", "-"),
-        ("quantized (QAT)", _pct(a.qat_acc), delta(a.qat_acc), bw, "-"),
-        ("QAT + pruning", _pct(a.pruned_acc), delta(a.pruned_acc), bw, _pct(a.sparsity, 1)),
+        ("float", val(a.float_acc), "-", "float32", "-"),
+        ("quantized (QAT)", val(a.qat_acc), delta(a.qat_acc), bw, "-"),
+        ("QAT + pruning", val(a.pruned_acc), delta(a.pruned_acc), bw, _pct(a.sparsity, 1)),
     ]
-    return f"<h2>Accuracy</h2><p>Metric: {_e(a.metric)}.</p>" + _table(
-        ["model", "accuracy", "Δ vs float", "bit width", "measured sparsity"],
+    head = "accuracy" if a.percent else "value"
+    title = "Accuracy" if a.percent else "Quality"
+    return f"<h2>{title}</h2><p>Metric: {_e(a.metric)}.</p>" + _table(
+        ["model", head, "Δ vs float", "bit width", "measured sparsity"],
         rows,
         [False, True, True, False, True],
     )

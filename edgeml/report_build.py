@@ -39,12 +39,15 @@ def build_report(ctx: Context) -> Path:
 
     accuracy = None
     if train or comp:
+        metric = comp.get("metric") or train.get("metric") or "accuracy"
         accuracy = AccuracySummary(
-            float_acc=train.get("float_accuracy"),
-            qat_acc=comp.get("qat_accuracy"),
-            pruned_acc=comp.get("pruned_accuracy"),
+            float_acc=train.get("float", train.get("float_accuracy")),
+            qat_acc=comp.get("qat", comp.get("qat_accuracy")),
+            pruned_acc=comp.get("pruned", comp.get("pruned_accuracy")),
             bit_width=comp.get("bit_width"),
             sparsity=comp.get("sparsity"),
+            metric="top-1 accuracy" if metric == "accuracy" else metric,
+            percent=metric == "accuracy",
         )
 
     rows: list[BitExactRow] = []

@@ -21,11 +21,9 @@ TF32 or reduced-precision GPU kernels can perturb it.
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -36,7 +34,9 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch import nn
 
-from edgeml.errors import ConfigError, CorruptFileError
+from edgeml.errors import ConfigError
+
+from . import training
 
 with warnings.catch_warnings():
     # Brevitas warns at import about optional kernels (fast_hadamard_transform) it does not need here.
@@ -270,29 +270,7 @@ def quant_layers(model: nn.Module) -> dict[str, nn.Module]:
 
 
 # ---------------------------------------------------------------------- training
-
-
-def _device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def _seed_all(seed: int) -> torch.Generator:
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    gen = torch.Generator()
-    gen.manual_seed(seed)
-    return gen
-
-
-def _batches(n: int, batch_size: int, gen: torch.Generator) -> Iterator[torch.Tensor]:
-    perm = torch.randperm(n, generator=gen)
-    for start in range(0, n, batch_size):
-        yield perm[start : start + batch_size]
-
-
-def _value(out: Any) -> torch.Tensor:
-    """Plain tensor of a model output (``.value`` of a Brevitas QuantTensor)."""
-    return out.value if hasattr(out, "value") else out
+# The generic parts live in edgeml.models.training; these wrappers keep the digits API.
 
 
 def _fit(
@@ -301,85 +279,38 @@ def _fit(
     epochs: int,
     lr: float,
     gen: torch.Generator,
-    batch_size: int = 64,
     masks: dict[str, torch.Tensor] | None = None,
 ) -> nn.Module:
-    """Adam + cross-entropy over mini-batches; re-applies ``masks`` after every step."""
-    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 0:
-        raise ConfigError(f"epochs must be a non-negative integer, got {epochs!r}")
-    dev = _device()
-    # One intra-op thread: these models are too small to gain from more, and on shared
-    # CPUs extra threads oversubscribe (measured 5-10x slower); it also makes results
-    # independent of the machine's core count.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return _fit_loop(model, data, epochs, lr, gen, batch_size, masks, dev)
-    finally:
-        torch.set_num_threads(threads)
+    return training.fit(
+        model,
+        data.x_train,
+        data.y_train,
+        zoo_loss,
+        epochs,
+        gen,
+        training.TrainSettings(lr=lr, batch_size=64),
+        masks=masks,
+    )
 
 
-def _fit_loop(
-    model: nn.Module,
-    data: DigitsData,
-    epochs: int,
-    lr: float,
-    gen: torch.Generator,
-    batch_size: int,
-    masks: dict[str, torch.Tensor] | None,
-    dev: torch.device,
-) -> nn.Module:
-    model.to(dev).train()
-    x = torch.from_numpy(data.x_train).to(dev)
-    y = torch.from_numpy(data.y_train).to(dev)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    layers = quant_layers(model)
-    dev_masks = {k: m.to(dev) for k, m in (masks or {}).items()}
-    loss_fn = nn.CrossEntropyLoss()
-    for _ in range(epochs):
-        for idx in _batches(len(x), batch_size, gen):
-            idx = idx.to(dev)
-            opt.zero_grad(set_to_none=True)
-            loss = loss_fn(_value(model(x[idx])), y[idx])
-            loss.backward()
-            opt.step()
-            if dev_masks:
-                with torch.no_grad():
-                    for name, mask in dev_masks.items():
-                        layers[name].weight.mul_(mask)
-    return model.cpu().eval()
+def zoo_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy (the digits designs are classifiers)."""
+    return nn.functional.cross_entropy(out, y)
 
 
 def train_float(arch: str, data: DigitsData, epochs: int = 60, seed: int = 0) -> nn.Module:
     """Train the float model of ``arch``; returns it on the CPU in eval mode."""
-    gen = _seed_all(seed)
+    gen = training.seed_all(seed)
     model = build_float_model(arch)
     t0 = time.perf_counter()
     _fit(model, data, epochs, lr=3e-3, gen=gen)
-    log.info(
-        "float %s: %d epochs in %.1f s, test acc %.4f",
-        arch,
-        epochs,
-        time.perf_counter() - t0,
-        accuracy(model, data.x_test, data.y_test),
-    )
+    log.info("float %s: %d epochs in %.1f s", arch, epochs, time.perf_counter() - t0)
     return model
 
 
 def init_qat_from_float(qat_model: nn.Module, float_model: nn.Module) -> None:
     """Copy the float weights and biases into the QAT model (same names and shapes)."""
-    src = float_model.state_dict()
-    dst = qat_model.state_dict()
-    for key, val in src.items():
-        if key not in dst or dst[key].shape != val.shape:
-            raise ConfigError(
-                f"float parameter {key!r} {tuple(val.shape)} has no twin in the QAT model; "
-                "build both models for the same architecture"
-            )
-    missing, unexpected = qat_model.load_state_dict(src, strict=False)
-    bad = [k for k in missing if "weight" in k.split(".")[-1] or k.endswith(".bias")]
-    if unexpected or bad:
-        raise ConfigError(f"QAT init from float failed: missing {bad}, unexpected {unexpected}")
+    training.init_from_float(qat_model, float_model)
 
 
 def train_qat(
@@ -391,76 +322,33 @@ def train_qat(
     seed: int = 0,
 ) -> nn.Module:
     """Quantization-aware training of ``arch`` at ``bit_width``, initialised from ``float_model``."""
-    gen = _seed_all(seed)
+    gen = training.seed_all(seed)
     model = build_qat_model(arch, bit_width)
     init_qat_from_float(model, float_model)
     t0 = time.perf_counter()
     _fit(model, data, epochs, lr=1e-3, gen=gen)
-    log.info(
-        "QAT %s %d-bit: %d epochs in %.1f s, test acc %.4f",
-        arch,
-        bit_width,
-        epochs,
-        time.perf_counter() - t0,
-        accuracy(model, data.x_test, data.y_test),
-    )
+    log.info("QAT %s %d-bit: %d epochs in %.1f s", arch, bit_width, epochs,
+             time.perf_counter() - t0)  # fmt: skip
     return model
 
 
 def magnitude_masks(
     model: nn.Module, sparsity: float, scope: Literal["layer", "global"] = "layer"
 ) -> dict[str, torch.Tensor]:
-    """L1 (magnitude) pruning masks: 1 keeps a weight, 0 prunes it.
-
-    ``scope="layer"`` prunes ``sparsity`` of every layer's weights (so no layer is
-    emptied); ``"global"`` uses one magnitude threshold across all layers.
-    """
-    if not 0.0 <= sparsity < 1.0:
-        raise ConfigError(f"sparsity must be in [0, 1), got {sparsity!r}")
-    if scope not in ("layer", "global"):
-        raise ConfigError(f"scope must be 'layer' or 'global', got {scope!r}")
-    layers = quant_layers(model)
-    weights = {name: m.weight.detach().abs().cpu() for name, m in layers.items()}
-    masks: dict[str, torch.Tensor] = {}
-    if scope == "global":
-        flat = torch.cat([w.flatten() for w in weights.values()])
-        k = round(sparsity * flat.numel())
-        order = torch.argsort(flat, stable=True)
-        keep = torch.ones_like(flat)
-        keep[order[:k]] = 0.0
-        offset = 0
-        for name, w in weights.items():
-            masks[name] = keep[offset : offset + w.numel()].reshape(w.shape)
-            offset += w.numel()
-    else:
-        for name, w in weights.items():
-            flat = w.flatten()
-            k = round(sparsity * flat.numel())
-            keep = torch.ones_like(flat)
-            keep[torch.argsort(flat, stable=True)[:k]] = 0.0
-            masks[name] = keep.reshape(w.shape)
-    return masks
+    """L1 (magnitude) pruning masks of ``model``'s weight layers (see training.magnitude_masks)."""
+    return training.magnitude_masks(quant_layers(model), sparsity, scope)
 
 
 def weight_codes(model: nn.Module) -> dict[str, np.ndarray]:
     """Integer weight codes of a QAT model's layers (what the hardware stores)."""
     if not is_quantized(model):
         raise ConfigError("weight_codes needs a QAT model (build_qat_model / train_qat)")
-    with torch.no_grad():
-        return {
-            name: m.quant_weight().int().cpu().numpy().astype(np.int64)
-            for name, m in quant_layers(model).items()
-        }
+    return training.weight_codes(model)
 
 
 def weight_sparsity(model: nn.Module) -> float:
     """Fraction of weights that are exactly zero (integer codes for QAT models)."""
-    if is_quantized(model):
-        arrays = list(weight_codes(model).values())
-    else:
-        arrays = [m.weight.detach().cpu().numpy() for m in quant_layers(model).values()]
-    total = sum(a.size for a in arrays)
-    return float(sum(int(np.count_nonzero(a == 0)) for a in arrays) / total)
+    return training.weight_sparsity(model)
 
 
 def prune_and_finetune(
@@ -474,31 +362,22 @@ def prune_and_finetune(
     """Magnitude-prune a copy of ``qat_model`` and fine-tune it with the mask held.
 
     Pruned weights are re-zeroed after every optimizer step, so they are exactly 0
-    and quantize to code 0. The achieved sparsity (of integer codes, which also
-    counts weights that quantize to zero on their own) is logged; measure it with
+    and quantize to code 0; measure the achieved sparsity (of integer codes) with
     :func:`weight_sparsity`.
     """
     if not is_quantized(qat_model):
         raise ConfigError("prune_and_finetune needs a QAT model (from train_qat)")
-    gen = _seed_all(seed)
-    model = copy.deepcopy(qat_model).cpu()
-    masks = magnitude_masks(model, sparsity, scope)
-    with torch.no_grad():
-        for name, m in quant_layers(model).items():
-            m.weight.mul_(masks[name])
-    t0 = time.perf_counter()
-    _fit(model, data, epochs, lr=1e-3, gen=gen, masks=masks)
-    log.info(
-        "prune %s %.0f%% (%s): %d epochs in %.1f s, test acc %.4f, achieved sparsity %.4f",
-        model.arch,
-        100 * sparsity,
-        scope,
+    return training.prune_and_finetune(
+        qat_model,
+        data.x_train,
+        data.y_train,
+        zoo_loss,
+        sparsity,
         epochs,
-        time.perf_counter() - t0,
-        accuracy(model, data.x_test, data.y_test),
-        weight_sparsity(model),
+        seed,
+        training.TrainSettings(lr=1e-3, batch_size=64),
+        scope,
     )
-    return model
 
 
 # -------------------------------------------------------------------- inference
@@ -508,81 +387,30 @@ def torch_predict(model: nn.Module, x: np.ndarray, batch_size: int = 4096) -> np
     """Model outputs for ``x`` as float64, computed on the CPU in eval mode without grad.
 
     For QAT models these are exactly the integer model's outputs times their
-    power-of-two scale (see the module docstring). The model is left on its device
-    and in its train/eval mode.
+    power-of-two scale (see the module docstring).
     """
     arr = np.asarray(x, dtype=np.float32)
     if arr.ndim != 4 or arr.shape[1:] != INPUT_SHAPE:
         raise ConfigError(f"x must have shape (N, 1, 8, 8), got {arr.shape}")
-    dev = next(model.parameters()).device
-    was_training = model.training
-    net = model if dev.type == "cpu" else copy.deepcopy(model).cpu()
-    net.eval()
-    outs = []
-    try:
-        with torch.no_grad():
-            for start in range(0, len(arr), batch_size):
-                chunk = torch.from_numpy(arr[start : start + batch_size])
-                outs.append(_value(net(chunk)).detach().cpu().numpy().astype(np.float64))
-    finally:
-        model.train(was_training)
-    if not outs:
-        return np.zeros((0, N_CLASSES), dtype=np.float64)
-    return np.concatenate(outs)
+    return training.predict(model, arr, batch_size)
 
 
 def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray) -> float:
     """Top-1 accuracy of ``model`` on ``(x, y)``."""
-    pred = torch_predict(model, x).argmax(axis=1)
-    y = np.asarray(y)
-    if y.shape != pred.shape:
-        raise ConfigError(f"labels have shape {y.shape}, expected {pred.shape}")
-    return float(np.mean(pred == y))
+    return training.top1_accuracy(torch_predict(model, x), y)
 
 
 # ------------------------------------------------------------------ checkpoints
 
-_PLAIN = (str, int, float, bool, type(None))
-
-
-def _check_plain(value: Any, where: str) -> None:
-    if isinstance(value, _PLAIN):
-        return
-    if isinstance(value, list | tuple):
-        for i, v in enumerate(value):
-            _check_plain(v, f"{where}[{i}]")
-        return
-    if isinstance(value, dict):
-        for k, v in value.items():
-            if not isinstance(k, str):
-                raise ConfigError(f"checkpoint meta key {where}.{k!r} must be a str")
-            _check_plain(v, f"{where}.{k}")
-        return
-    raise ConfigError(
-        f"checkpoint meta {where} is a {type(value).__name__}; only str, int, float, bool, "
-        "None, lists and dicts of them can be loaded with weights_only=True"
-    )
-
 
 def save_checkpoint(model: nn.Module, path: str | Path, meta: dict[str, Any] | None = None) -> Path:
-    """Save ``model``'s state dict plus plain-typed ``meta`` (arch, kind, bit_width added).
-
-    The file loads with ``torch.load(weights_only=True)``; :func:`load_checkpoint`
-    rebuilds the model from ``meta``.
-    """
-    full: dict[str, Any] = dict(meta or {})
+    """Save ``model`` (a digits design) with plain-typed ``meta``; loads with weights_only=True."""
     arch = getattr(model, "arch", None)
     if arch not in ARCHS:
         raise ConfigError("save_checkpoint expects a model built by edgeml.models.digits")
-    full.update(arch=arch, kind="qat" if is_quantized(model) else "float")
-    if is_quantized(model):
-        full["bit_width"] = int(model.bit_width)
-    _check_plain(full, "meta")
-    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"format": "edgeml-digits-v1", "meta": full, "state_dict": state}, path)
-    return path
+    from . import zoo
+
+    return zoo.save_checkpoint(zoo.get(arch), model, path, meta)
 
 
 def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
@@ -590,37 +418,45 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
 
     Raises :class:`CorruptFileError` for a missing, truncated or foreign file.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CorruptFileError(f"checkpoint {path} does not exist (or is not a file)")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CorruptFileError(
-            f"checkpoint {path} cannot be read ({type(exc).__name__}: {exc}); "
-            "it is truncated or not a torch checkpoint - re-create it with save_checkpoint"
-        ) from exc
-    if not isinstance(obj, dict) or obj.get("format") != "edgeml-digits-v1":
-        raise CorruptFileError(f"checkpoint {path} is not an edgeml digits checkpoint")
-    meta = obj.get("meta")
-    state = obj.get("state_dict")
-    if not isinstance(meta, dict) or not isinstance(state, dict):
-        raise CorruptFileError(f"checkpoint {path} lacks 'meta' or 'state_dict'")
-    try:
-        if meta.get("kind") == "qat":
-            model = build_qat_model(meta["arch"], int(meta["bit_width"]))
-        else:
-            model = build_float_model(meta["arch"])
-        missing, unexpected = model.load_state_dict(state, strict=False)
-    except (ConfigError, KeyError, RuntimeError, TypeError, ValueError) as exc:
-        raise CorruptFileError(
-            f"checkpoint {path} does not match its recorded design {meta!r}: {exc}"
-        ) from exc
-    # An activation scale that never saw data is not saved by Brevitas; all else must match.
-    missing = [k for k in missing if not k.endswith("scaling_impl.value")]
-    if missing or unexpected:
-        raise CorruptFileError(
-            f"checkpoint {path} does not match its recorded design {meta!r}: "
-            f"missing {missing}, unexpected {unexpected}"
-        )
-    return model.eval(), meta
+    from . import zoo
+
+    model, meta, _ = zoo.load_checkpoint(path)
+    return model, meta
+
+
+# ---------------------------------------------------------------- design registry
+
+
+def _load(seed: int) -> Any:
+    from .training import Dataset
+
+    d = load_digits_split(seed=seed)
+    return Dataset(d.x_train, d.y_train, d.x_test, d.y_test, {"source": "digits test set"})
+
+
+def _spec(arch: str) -> Any:
+    from functools import partial
+
+    from . import zoo
+    from .training import TrainSettings
+
+    title = {
+        "mlp": "digits MLP 64-32-32-10",
+        "cnn": "digits CNN conv3x3(1->8)-pool-dense(72->10)",
+    }[arch]
+    return zoo.DesignSpec(
+        name=arch,
+        title=title,
+        task="classification",
+        input_shape=INPUT_SHAPE,
+        load_data=_load,
+        build_float=partial(build_float_model, arch),
+        build_qat=partial(build_qat_model, arch),
+        loss=zoo.cross_entropy,
+        metrics=zoo.accuracy_metrics,
+        float_settings=TrainSettings(lr=3e-3),
+        settings=TrainSettings(lr=1e-3),
+    )
+
+
+DESIGNS = {arch: _spec(arch) for arch in ARCHS}

@@ -212,7 +212,7 @@ def test_checkpoint_round_trip(quick, data: DigitsData, tmp_path: Path, kind: st
         model = quick[arch][kind]
         path = save_checkpoint(model, tmp_path / f"{arch}-{kind}.pt", {"seed": 0, "note": "x"})
         loaded, meta = load_checkpoint(path)
-        assert meta["arch"] == arch and meta["seed"] == 0 and meta["note"] == "x"
+        assert meta["design"] == arch and meta["seed"] == 0 and meta["note"] == "x"
         assert meta["kind"] == ("qat" if kind == "pruned" else "float")
         if kind == "pruned":
             assert meta["bit_width"] == 6
