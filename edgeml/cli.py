@@ -28,7 +28,8 @@ STAGE_HELP = {
     "convert": "hls4ml Vitis project (io_parallel) in hls_projects/<design>/, C-sim compiled",
     "rtl": "Verilog via da4ml, Verilator build, cocotb bench -> rtl/",
     "verify": "golden vs hls4ml C-sim vs RTL vs trained model over >=10k vectors -> verify.json",
-    "faults": "exhaustive single-bit weight/bias flip campaign -> faults/campaign.npz",
+    "faults": "fault campaigns: `faults run|resume|report` (resumable SQLite store, Dask); "
+    "alone: the flow's exhaustive weight/bias flip stage -> faults/campaign.npz",
     "report": "self-contained HTML report -> report.html",
     "flow": "run every stage in order",
 }
@@ -48,7 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     for name, help_ in STAGE_HELP.items():
         sp = sub.add_parser(name, help=help_, description=help_)
         sp.add_argument(
-            "--design", help="built-in design: mlp or cnn (default: mlp, or the run's config)"
+            "--design",
+            help="built-in design: jet, mlp, cnn, econt or rn08 "
+            "(default: the run's config, else jet)",
         )
         sp.add_argument(
             "--onnx",
@@ -77,7 +80,164 @@ def _parser() -> argparse.ArgumentParser:
             "-q", "--quiet", action="store_true", help="no progress bars, warnings only"
         )
         sp.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+        if name == "faults":
+            _add_faults_group(sp)
+    from edgeml.sweep import add_sweep_parser
+
+    add_sweep_parser(sub)
     return p
+
+
+FAULTS_DESCRIPTION = """\
+Fault-injection campaigns on the golden integer model, stored in an append-only
+SQLite file (one row per fault, keyed by fault id) so a killed run loses at most
+one chunk and `edgeml faults resume` finishes it with identical results.
+
+  edgeml faults run    [--run-dir DIR] [--targets weight,bias] [--sampler exhaustive] ...
+  edgeml faults resume --store FILE
+  edgeml faults report --store FILE [--out FILE.html]
+
+Without a sub-command, `edgeml faults` runs the flow's faults stage as `edgeml
+flow` does (every weight and bias bit flipped -> faults/campaign.npz and
+faults/summary.json), with the stage options below.
+"""
+
+
+class _UsageError(Exception):
+    """A bad command-line value found after parsing (exit code 2)."""
+
+
+def _add_faults_group(sp: argparse.ArgumentParser) -> None:
+    """``edgeml faults run|resume|report``: campaigns in a resumable store (fault_injection.runner)."""
+    sp.description = FAULTS_DESCRIPTION
+    sp.formatter_class = argparse.RawDescriptionHelpFormatter
+    fsub = sp.add_subparsers(dest="faults_command", metavar="{run,resume,report}")
+    sup = argparse.SUPPRESS
+
+    def common(q: argparse.ArgumentParser, store_help: str) -> None:
+        # Shared names default to SUPPRESS so they do not overwrite the stage options'
+        # values (argparse copies every sub-parser default over the parent namespace).
+        q.add_argument(
+            "--run-dir",
+            type=Path,
+            help="run folder with model.qonnx.onnx (default: runs/<design>/, design mlp)",
+        )
+        q.add_argument("--design", default=sup, help="design whose run folder to use (default mlp)")
+        q.add_argument("--store", type=Path, help=store_help)
+        q.add_argument("-q", "--quiet", action="store_true", default=sup, help="no progress bars")
+        q.add_argument("-v", "--verbose", action="store_true", default=sup, help="debug logging")
+
+    def executor(q: argparse.ArgumentParser) -> None:
+        q.add_argument(
+            "--chunk",
+            type=int,
+            help="faults per chunk: one task and one store transaction (default 1000)",
+        )
+        q.add_argument(
+            "--workers",
+            type=int,
+            help="local Dask worker processes on 127.0.0.1 (default min(2, CPUs)); 0 = serial, "
+            "in this process",
+        )
+        q.add_argument(
+            "--scheduler",
+            metavar="ADDRESS",
+            help="run on an existing Dask cluster, e.g. tcp://10.0.0.5:8786 (workers need edgeml)",
+        )
+
+    default_store = "fault store (default: <run folder>/faults/campaign.sqlite)"
+    r = fsub.add_parser(
+        "run",
+        help="start (or with --resume continue) a campaign into a SQLite store",
+        description="Enumerate fault sites, choose them with a sampler, evaluate them in chunks "
+        "(serially or on Dask) and append each chunk to the store. A store that already exists "
+        "is refused unless --resume is given; then only the missing faults run.",
+    )
+    common(r, default_store)
+    r.add_argument(
+        "--targets",
+        default="weight,bias",
+        help="comma list of weight, bias, act (activation transients), acc (accumulator "
+        "transients); default weight,bias",
+    )
+    r.add_argument(
+        "--kind",
+        default="flip",
+        choices=("flip", "stuck0", "stuck1"),
+        help="fault model: bit flip (SEU) or stuck-at (default flip)",
+    )
+    r.add_argument(
+        "--nbits", type=int, default=1, help="adjacent bits per upset (1 = single-bit; default 1)"
+    )
+    r.add_argument(
+        "--sampler",
+        default="exhaustive",
+        help="exhaustive (every site) or random (Leveugle-sized sample for --margin and "
+        "--confidence); default exhaustive",
+    )
+    r.add_argument(
+        "--margin",
+        type=float,
+        default=0.01,
+        help="random sampler: error margin of estimated proportions (default 0.01)",
+    )
+    r.add_argument(
+        "--confidence",
+        type=float,
+        default=0.95,
+        help="random sampler: confidence of that margin (default 0.95)",
+    )
+    r.add_argument(
+        "--samples",
+        type=int,
+        help="input samples per fault (default: faults.max_samples of the run's config, 1000)",
+    )
+    r.add_argument(
+        "--seed", type=int, default=sup, help="campaign seed for the sampler (default 0)"
+    )
+    r.add_argument(
+        "--sdc",
+        choices=("auto", "top1", "any"),
+        default="auto",
+        help="silent data corruption = top-1 class change (top1) or any output code change "
+        "(any); auto: top1 with labels, any without (default auto)",
+    )
+    executor(r)
+    r.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the campaign in an existing --store (its config must match)",
+    )
+
+    rs = fsub.add_parser(
+        "resume",
+        help="finish the campaign in a store (everything else is read from the store)",
+        description="Continue a campaign from its store: the run folder, samples, sites, seed "
+        "and engine are taken from the store's campaign record and checked; only faults with "
+        "no row yet are evaluated.",
+    )
+    common(rs, default_store)
+    executor(rs)
+
+    rp = fsub.add_parser(
+        "report",
+        help="HTML summary of a store: campaign, estimates, per layer, per bit, top-N",
+        description="Write an HTML summary of a fault store (complete or not).",
+    )
+    common(rp, default_store)
+    rp.add_argument(
+        "--out",
+        dest="html_out",
+        type=Path,
+        help="HTML file (default: the store's path with .html)",
+    )
+    rp.add_argument("--top", type=int, default=20, help="rows in the top-N table (default 20)")
+    rp.add_argument(
+        "--no-plots",
+        action="store_true",
+        help="tables only: skip the sensitivity analysis (Hessian/gradient rankings, protection "
+        "curves, heatmap), which reloads the run folder's model and samples",
+    )
 
 
 def _version() -> str:
@@ -141,13 +301,43 @@ def main(argv: list[str] | None = None) -> int:
         "qonnx",
         "cocotb",
         "_runner",
+        "distributed",
     ):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     os.environ.setdefault("ORT_LOGGING_LEVEL", "3")
 
     from edgeml.errors import DependencyError, EdgemlError, MismatchError, MissingRunError
 
+    if args.command == "sweep":
+        from edgeml.sweep import run_sweep_command
+
+        return run_sweep_command(args)
     t0 = time.time()
+    if args.command == "faults" and getattr(args, "faults_command", None):
+        try:
+            return _faults_main(args)
+        except _UsageError as exc:
+            print(f"edgeml faults {args.faults_command}: error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        except MismatchError as exc:
+            print(f"edgeml: MISMATCH: {exc}", file=sys.stderr)
+            return EXIT_MISMATCH
+        except DependencyError as exc:
+            print(f"edgeml: missing dependency: {exc}", file=sys.stderr)
+            return EXIT_DEPENDENCY
+        except EdgemlError as exc:
+            print(f"edgeml: error: {exc}", file=sys.stderr)
+            return EXIT_USER
+        except KeyboardInterrupt:
+            print(
+                "edgeml: interrupted (finished chunks are kept; resume with `edgeml faults "
+                "resume`)",
+                file=sys.stderr,
+            )
+            return 130
+        except Exception:
+            logging.getLogger("edgeml").exception("internal error (please report this)")
+            return EXIT_INTERNAL
     try:
         from edgeml.flow import STAGE_FUNCS, STAGES, run_flow, save_config
 
@@ -184,6 +374,115 @@ def main(argv: list[str] | None = None) -> int:
     print(f"edgeml {args.command}: done in {dt:.1f} s; run folder {ctx.run.path}")
     if report.exists() and args.command in ("flow", "report"):
         print(f"report: {report.resolve()}")
+    return EXIT_OK
+
+
+# ----------------------------------------------------------------------------- faults group
+
+
+def _faults_run_dir(args: argparse.Namespace) -> Path:
+    if args.run_dir is not None:
+        return Path(args.run_dir)
+    if getattr(args, "out", None) is not None:  # `edgeml faults --out DIR run`
+        return Path(args.out)
+    return Path("runs") / (getattr(args, "design", None) or "mlp")
+
+
+def _positive(name: str, value: int | None, minimum: int = 1) -> None:
+    if value is not None and value < minimum:
+        raise _UsageError(f"{name} must be an integer >= {minimum}; got {value}")
+
+
+def _executor_args(args: argparse.Namespace) -> dict[str, Any]:
+    from edgeml.fault_injection.runner import DEFAULT_CHUNK
+
+    _positive("--chunk", args.chunk)
+    _positive("--workers", args.workers, 0)
+    if args.scheduler is not None and not args.scheduler.strip():
+        raise _UsageError("--scheduler needs an address, e.g. tcp://127.0.0.1:8786")
+    return {
+        "chunk": args.chunk or DEFAULT_CHUNK,
+        "workers": args.workers,
+        "scheduler": args.scheduler,
+    }
+
+
+def _faults_main(args: argparse.Namespace) -> int:
+    """``edgeml faults run|resume|report``."""
+    from edgeml.fault_injection import runner
+
+    t0 = time.time()
+    quiet = bool(getattr(args, "quiet", False))
+    if not getattr(args, "verbose", False):
+        # The engine logs one line per chunk; the progress bar says the same.
+        logging.getLogger("edgeml.fault_injection.campaign").setLevel(logging.WARNING)
+    cmd = args.faults_command
+    run_dir = _faults_run_dir(args)
+    store = args.store or runner.default_store(run_dir)
+
+    if cmd == "report":
+        _positive("--top", args.top, 0)
+        out = runner.write_store_report(
+            store, args.html_out, top=args.top, plots=not args.no_plots, run_dir=args.run_dir
+        )
+        print(f"edgeml faults report: {out.resolve()}")
+        return EXIT_OK
+
+    ex = _executor_args(args)
+    if cmd == "run":
+        targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+        bad = [t for t in targets if t not in runner.TARGETS]
+        if bad or not targets:
+            raise _UsageError(
+                f"--targets takes a comma list of {', '.join(runner.TARGETS)}; got {args.targets!r}"
+            )
+        if args.sampler not in runner.SAMPLERS:
+            raise _UsageError(
+                f"--sampler must be one of {', '.join(runner.SAMPLERS)}; got {args.sampler!r}"
+            )
+        _positive("--nbits", args.nbits)
+        _positive("--samples", args.samples)
+        for name, v in (("--margin", args.margin), ("--confidence", args.confidence)):
+            if not 0.0 < v < 1.0:
+                raise _UsageError(f"{name} must be in (0, 1), e.g. 0.01 / 0.95; got {v}")
+        seed = getattr(args, "seed", None)
+        seed = 0 if seed is None else seed
+        _positive("--seed", seed, 0)
+        if Path(store).exists() and not args.resume:
+            raise _UsageError(
+                f"fault store '{store}' already exists; add --resume to continue its campaign, "
+                "or pass another --store (or delete it) to start a new one"
+            )
+        res = runner.faults_run(
+            run_dir,
+            store,
+            targets=targets,
+            kind=args.kind,
+            nbits=args.nbits,
+            sampler=args.sampler,
+            margin=args.margin,
+            confidence=args.confidence,
+            n_samples=args.samples,
+            seed=seed,
+            sdc=args.sdc,
+            resume=args.resume,
+            progress=not quiet,
+            **ex,
+        )
+    else:
+        res = runner.faults_resume(store, args.run_dir, progress=not quiet, **ex)
+    import numpy as np
+
+    done = int(res.done.sum())
+    mean_sdc = float(np.mean(res.sdc_rate[res.done])) if done else float("nan")
+    base = res.baseline_accuracy
+    acc = "n/a (no labels)" if base != base else f"{100 * base:.2f} %"
+    print(
+        f"edgeml faults {cmd}: {done} of {len(res)} faults in {store} "
+        f"({time.time() - t0:.1f} s); mean SDC rate {100 * mean_sdc:.3f} %, baseline accuracy "
+        f"{acc} on {res.n_samples} samples"
+    )
+    print(f"report: edgeml faults report --store {store}")
     return EXIT_OK
 
 

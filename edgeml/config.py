@@ -74,10 +74,12 @@ class VerifyConfig(_Strict):
 
 
 class FaultConfig(_Strict):
-    """The exhaustive single-bit weight/bias campaign."""
+    """The exhaustive single-bit weight/bias campaign and its analysis."""
 
     enabled: bool = True
     max_samples: int = Field(1000, ge=1, le=1_000_000)
+    #: error margin of the Leveugle-sized statistical estimate checked against the exhaustive run
+    margin: float = Field(0.02, gt=0.0, lt=0.5)
 
 
 class FlowConfig(_Strict):

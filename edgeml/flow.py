@@ -541,36 +541,97 @@ def _qonnx_reference(ctx: Context, g: GoldenModel, x: np.ndarray, ref: np.ndarra
     return res
 
 
+#: bit-error rates of the flow's accuracy-vs-BER sweep, and random trials per rate
+FAULT_BERS: tuple[float, ...] = (1e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2)
+FAULT_BER_TRIALS = 20
+
+
 def stage_faults(ctx: Context) -> dict[str, Any]:
-    """Exhaustive single-bit flips of every weight and bias bit, on the golden model."""
+    """Exhaustive single-bit weight/bias campaign on the golden model, plus its analysis.
+
+    Writes ``faults/campaign.npz`` (every fault), ``analysis.json`` (Hessian,
+    gradient, Taylor rankings; Spearman; protection curves and costs),
+    ``estimate.json`` (a Leveugle-sized stratified sample's estimates with
+    confidence intervals, beside the exhaustive truth), ``binfi.json`` and
+    ``ber.json`` (accuracy against bit-error rate with confidence bands).
+    """
     t0 = time.time()
     if not ctx.cfg.faults.enabled:
         return {"skipped": "faults disabled in config"}
-    from edgeml.fault_injection.campaign import run_param_campaign
+    from edgeml.fault_injection import ber as B
+    from edgeml.fault_injection import samplers as S
+    from edgeml.fault_injection.campaign import run_campaign
+    from edgeml.fault_injection.metrics import analyse_campaign, ber_curve
+    from edgeml.fault_injection.sites import enumerate_sites
 
     g = ctx.golden()
     x, y, source = eval_samples(ctx)
     n = min(len(x), ctx.cfg.faults.max_samples)
-    res = run_param_campaign(g, x[:n], y[:n], progress=ctx.progress)
-    out = ctx.run.file("faults") / "campaign.npz"
-    out.parent.mkdir(parents=True, exist_ok=True)
+    x = x[:n]
+    y = None if y is None else y[:n]
+    # an autoencoder has no top-1: any changed output code is a corruption
+    sdc = "top1" if y is not None or ctx.external else "any"
+    sites = enumerate_sites(g, ("weight", "bias"))
+    res = run_campaign(g, x, y, sites, progress=ctx.progress, sdc=sdc)
+    fdir = ctx.run.file("faults")
+    fdir.mkdir(parents=True, exist_ok=True)
+    out = fdir / "campaign.npz"
     res.save(out)
-    info = {
+    seed = ctx.cfg.seed
+    info: dict[str, Any] = {
         "faults": len(res.sdc_rate),
         "samples": n,
         "sample_source": source,
+        "sdc_mode": sdc,
         "seconds": round(res.seconds, 3),
         "faults_per_s": round(len(res.sdc_rate) / max(res.seconds, 1e-9), 1),
         "baseline_accuracy": res.baseline_accuracy,
         "mean_sdc_rate": float(np.mean(res.sdc_rate)),
     }
-    write_json(ctx.run.file("faults") / "summary.json", info)
-    _record(ctx, "faults", t0, [ctx.run.require("model.qonnx.onnx")], [out], **info)
+    outputs = [out]
+
+    # statistical sampling, checked against the exhaustive truth just measured
+    margin = ctx.cfg.faults.margin
+    n_stat = S.leveugle_sample_size(len(sites), margin=margin, confidence=0.95)
+    sample = S.stratified_sample(sites, n_stat, seed)
+    est = S.estimate_stratified(run_campaign(g, x, y, sample, progress=False, sdc=sdc), sites)
+    estimate = {
+        "margin": margin,
+        "confidence": 0.95,
+        "leveugle_n": n_stat,
+        **est.to_dict(),
+        "truth": {
+            "critical_fraction": float(np.mean(res.sdc_rate > 0)),
+            "mean_sdc_rate": float(np.mean(res.sdc_rate)),
+        },
+    }
+    write_json(fdir / "estimate.json", estimate)
+    outputs.append(fdir / "estimate.json")
+
+    analysis = analyse_campaign(g, x, y, res, seed=seed)
+    write_json(fdir / "analysis.json", analysis)
+    outputs.append(fdir / "analysis.json")
+    hess = analysis["rankings"].get("hessian", {})
+    info["hessian_spearman"] = hess.get("spearman")
+    info["hessian_top5_sdc_removed"] = hess.get("top_share")
+
+    binfi = S.binfi_search(g, x, y, sites).compare(res.sdc_rate)
+    write_json(fdir / "binfi.json", binfi)
+    outputs.append(fdir / "binfi.json")
+
+    sweep = B.run_ber_sweep(g, x, y, FAULT_BERS, FAULT_BER_TRIALS, seed, sdc=sdc, progress=False)
+    write_json(fdir / "ber.json", ber_curve(sweep))
+    outputs.append(fdir / "ber.json")
+
+    info["analysis_seconds"] = round(time.time() - t0 - res.seconds, 2)
+    write_json(fdir / "summary.json", info)
+    _record(ctx, "faults", t0, [ctx.run.require("model.qonnx.onnx")], outputs, **info)
     log.info(
-        "faults: %d faults in %.1f s (%.0f faults/s)",
+        "faults: %d faults in %.1f s (%.0f faults/s); Hessian ranking Spearman %s",
         info["faults"],
         res.seconds,
         info["faults_per_s"],
+        info["hessian_spearman"],
     )
     return info
 

@@ -150,6 +150,10 @@ class ReportData:
     resources: ResourceEstimate | None = None
     throughput: list[ThroughputRow] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: extra self-contained HTML fragments (e.g. the fault-analysis section), in order
+    sections: list[str] = field(default_factory=list)
+    #: a warning shown at the top (e.g. an RTL too big to build here)
+    warnings: list[str] = field(default_factory=list)
 
 
 # -------------------------------------------------------------------- aggregation
@@ -579,6 +583,7 @@ def render_html(data: ReportData, *, generated: str | None = None) -> str:
         f"<h1>edgeml report: {_e(data.design)}</h1>",
         _section_overview(data, generated),
     ]
+    parts.extend(f'<p class="warn"><b>Warning:</b> {_e(w)}</p>' for w in data.warnings)
     if data.accuracy is not None:
         parts.append(_section_accuracy(data.accuracy))
     if data.bit_exact:
@@ -590,6 +595,7 @@ def render_html(data: ReportData, *, generated: str | None = None) -> str:
             "samples whose top-1 prediction changed.</p>"
         )
         parts.extend(_section_campaign(c) for c in data.fault_campaigns)
+    parts.extend(data.sections)
     parts.append(_section_resources(data.resources))
     if data.throughput:
         parts.append(_section_throughput(data.throughput))

@@ -128,6 +128,20 @@ def build_report(ctx: Context) -> Path:
         if faults_summary.get("sample_source"):
             notes.append(f"Fault campaign samples: {faults_summary['sample_source']}.")
 
+    sections: list[str] = []
+    fdir = run.file("faults")
+    if (fdir / "analysis.json").exists():
+        from edgeml.fault_injection.report_section import fault_section_html
+
+        sections.append(
+            fault_section_html(
+                read_json(fdir / "analysis.json"),
+                ber=_maybe(fdir / "ber.json"),
+                estimate=_maybe(fdir / "estimate.json"),
+                binfi=_maybe(fdir / "binfi.json"),
+            )
+        )
+
     resources = None
     r = rtl.get("resources")
     if isinstance(r, dict) and "lut" in r:
@@ -162,5 +176,6 @@ def build_report(ctx: Context) -> Path:
         resources=resources,
         throughput=throughput,
         notes=notes,
+        sections=sections,
     )
     return write_report(run.file("report.html"), data)

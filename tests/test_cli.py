@@ -150,3 +150,154 @@ def test_verify_exits_3_and_names_layer_when_csim_disagrees(tmp_path, capsys):
     lv = next(lv for lv in v["levels"] if lv["level"] == "hls4ml C-sim")
     assert lv["status"] == "FAIL" and lv["mismatching_vectors"] > 0
     assert lv["first_divergent_layer"].startswith("MatMul")
+
+
+# ----------------------------------------------------------------------------- faults group
+
+
+@pytest.fixture
+def ext_run(tmp_path, capsys):
+    """A run folder for an external QONNX MLP 16-12-5 (export only: no training)."""
+    p = qb.save(qb.mlp_pot(np.random.default_rng(1)), tmp_path / "ext.onnx")
+    out = tmp_path / "r"
+    code, _, err = run(capsys, "export", "--onnx", p, "--out", out, "-q")
+    assert code == EXIT_OK, err
+    return out
+
+
+def test_faults_group_help(capsys):
+    with pytest.raises(SystemExit) as ei:
+        main(["faults", "--help"])
+    assert ei.value.code == 0
+    out = capsys.readouterr().out
+    assert "{run,resume,report}" in out and "Without a sub-command" in out
+    with pytest.raises(SystemExit):
+        main(["faults", "run", "--help"])
+    out = capsys.readouterr().out
+    for flag in ("--targets", "--sampler", "--margin", "--scheduler", "--workers", "--resume"):
+        assert flag in out
+
+
+def test_faults_run_resume_report(ext_run, tmp_path, capsys):
+    from edgeml.fault_injection.campaign import CampaignResult
+    from edgeml.fault_injection.store import FaultStore
+
+    common = ["--run-dir", ext_run, "--workers", "0", "-q"]
+    code, out, err = run(capsys, "faults", "run", *common, "--chunk", "200")
+    assert code == EXIT_OK, err
+    assert "1260 of 1260 faults" in out and "baseline accuracy 100.00 % on 1000 samples" in out
+    store = ext_run / "faults" / "campaign.sqlite"
+    with FaultStore.open(store) as st:
+        res = st.results()
+    assert res.complete and res.config["chunk"] == 200 and res.config["design"] == "ext"
+
+    # the flow's stage (no sub-command) on the same samples gives the same numbers
+    code, _, err = run(capsys, "faults", "--out", ext_run, "-q")
+    assert code == EXIT_OK, err
+    stage = CampaignResult.load(ext_run / "faults" / "campaign.npz")
+    assert [s.fault_id for s in stage.sites()] == res.fault_ids()
+    np.testing.assert_array_equal(stage.sdc_rate, res.sdc_rate)
+    np.testing.assert_array_equal(stage.max_dev, res.max_dev)
+
+    code, _, err = run(capsys, "faults", "run", *common)
+    assert code == EXIT_USAGE and "already exists" in err and "--resume" in err
+    code, _, err = run(capsys, "faults", "run", *common, "--resume", "--samples", "100")
+    assert code == EXIT_USER
+    assert "differing fields" in err and "n_samples: store has 1000, requested 100" in err
+    code, out, err = run(capsys, "faults", "resume", "--store", store, "-q")
+    assert code == EXIT_OK and "1260 of 1260 faults" in out, err
+
+    html = tmp_path / "rep.html"
+    code, out, err = run(
+        capsys, "faults", "report", "--store", store, "--out", html, "--top", "5", "--no-plots"
+    )
+    assert code == EXIT_OK, err
+    text = html.read_text()
+    assert "Per layer" in text and "Per bit: weight" in text and "Top 5 most damaging" in text
+    worst = res.fault_ids()[int(np.lexsort((-res.max_dev, -res.sdc_rate))[0])]
+    assert worst in text and "MatMul_0" in text and "Incomplete" not in text
+
+
+def test_faults_random_sampler_and_other_targets(ext_run, tmp_path, capsys):
+    from edgeml.fault_injection.store import FaultStore
+
+    store = tmp_path / "rand.sqlite"
+    code, _, err = run(
+        capsys,
+        "faults",
+        "run",
+        "--run-dir",
+        ext_run,
+        "--store",
+        store,
+        "--sampler",
+        "random",
+        "--margin",
+        "0.05",
+        "--seed",
+        "5",
+        "--targets",
+        "weight,act",
+        "--kind",
+        "stuck1",
+        "--samples",
+        "200",
+        "--workers",
+        "0",
+        "-q",
+    )
+    assert code == EXIT_OK, err
+    with FaultStore.open(store) as st:
+        res, cfg = st.results(), st.config
+    assert cfg["sampler"] == "random" and cfg["seed"] == 5 and cfg["targets"] == ["weight", "act"]
+    assert cfg["sampler_params"] == {"margin": 0.05, "confidence": 0.95}
+    assert len(res) < cfg["population"] and res.complete
+    assert {s.param for s in res.sites()} == {"weight", "act"} and {
+        s.kind for s in res.sites()
+    } == {"stuck1"}
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--sampler", "hessian9"], "--sampler must be one of exhaustive, random"),
+        (["--targets", "weight,bogus"], "--targets takes a comma list of weight, bias, act, acc"),
+        (["--chunk", "0"], "--chunk must be an integer >= 1"),
+        (["--workers", "-1"], "--workers must be an integer >= 0"),
+        (["--margin", "1.5"], "--margin must be in (0, 1)"),
+        (["--nbits", "0"], "--nbits must be an integer >= 1"),
+        (["--seed", "-2"], "--seed must be an integer >= 0"),
+    ],
+)
+def test_faults_bad_flags_are_usage_errors(ext_run, capsys, flags, message):
+    code, _, err = run(capsys, "faults", "run", "--run-dir", ext_run, *flags)
+    assert code == EXIT_USAGE and message in err
+    assert not (ext_run / "faults" / "campaign.sqlite").exists()
+
+
+def test_faults_bad_store_files(tmp_path, capsys):
+    junk = tmp_path / "junk.sqlite"
+    junk.write_bytes(b"\x00" * 100)
+    code, _, err = run(capsys, "faults", "report", "--store", junk)
+    assert code == EXIT_USER and "junk.sqlite" in err and "not an SQLite database" in err
+    code, _, err = run(capsys, "faults", "resume", "--store", tmp_path / "none.sqlite")
+    assert code == EXIT_USER and "does not exist" in err
+    code, _, err = run(capsys, "faults", "run", "--run-dir", tmp_path / "nowhere")
+    assert code == EXIT_USER and "nowhere" in err and "--run-dir" in err
+    with pytest.raises(SystemExit) as ei:
+        main(["faults", "run", "--kind", "flipflop"])
+    assert ei.value.code == EXIT_USAGE
+
+
+@pytest.mark.slow
+def test_faults_report_with_sensitivity_plots(ext_run, capsys):
+    """The report re-loads the run folder and adds the Hessian/gradient analysis and its plots."""
+    code, _, err = run(
+        capsys, "faults", "run", "--run-dir", ext_run, "--samples", "200", "-q", "--workers", "0"
+    )
+    assert code == EXIT_OK, err
+    code, _, err = run(capsys, "faults", "report", "--run-dir", ext_run, "-q")
+    assert code == EXIT_OK, err
+    text = (ext_run / "faults" / "campaign.html").read_text()
+    assert "Fault sensitivity and protection" in text and text.count("data:image/png;base64,") >= 1
+    assert "No sensitivity plots" not in text

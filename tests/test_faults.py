@@ -259,6 +259,10 @@ def test_fault_site_is_a_small_hashable_value() -> None:
         FaultSite("MatMul_0", "gamma", 0, 0)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="kind"):
         FaultSite("MatMul_0", "weight", 0, 0, "stuck")  # type: ignore[arg-type]
+    # multi-bit upsets and transient sites are values of the same type
+    mbu = FaultSite("MatMul_0", "acc", 3, 5, "stuck1", 2)
+    assert mbu.fault_id == "MatMul_0/acc/3/5/stuck1/2" and FaultSite.from_id(mbu.fault_id) == mbu
+    assert mbu.transient and not s.transient and s.nbits == 1
 
 
 @pytest.mark.parametrize("kind", ["mlp", "cnn", "cnn2"])
