@@ -111,7 +111,7 @@ def _add_faults_group(sp: argparse.ArgumentParser) -> None:
     """``edgeml faults run|resume|report``: campaigns in a resumable store (fault_injection.runner)."""
     sp.description = FAULTS_DESCRIPTION
     sp.formatter_class = argparse.RawDescriptionHelpFormatter
-    fsub = sp.add_subparsers(dest="faults_command", metavar="{run,resume,report}")
+    fsub = sp.add_subparsers(dest="faults_command", metavar="{run,resume,report,rtl}")
     sup = argparse.SUPPRESS
 
     def common(q: argparse.ArgumentParser, store_help: str) -> None:
@@ -172,8 +172,10 @@ def _add_faults_group(sp: argparse.ArgumentParser) -> None:
     r.add_argument(
         "--sampler",
         default="exhaustive",
-        help="exhaustive (every site) or random (Leveugle-sized sample for --margin and "
-        "--confidence); default exhaustive",
+        help="exhaustive (every site); random or stratified (Leveugle-sized sample for "
+        "--margin and --confidence, with confidence intervals in the report); hessian, "
+        "gradient or taylor (the Leveugle-sized top of that sensitivity ranking, most "
+        "sensitive bit first); default exhaustive",
     )
     r.add_argument(
         "--margin",
@@ -232,6 +234,29 @@ def _add_faults_group(sp: argparse.ArgumentParser) -> None:
         help="HTML file (default: the store's path with .html)",
     )
     rp.add_argument("--top", type=int, default=20, help="rows in the top-N table (default 20)")
+
+    rr = fsub.add_parser(
+        "rtl",
+        help="flip RTL register bits in Verilator; check them against golden activation flips",
+        description="Build the fault-injection RTL of the run's golden model (one register rank "
+        "per layer output, XOR-mask ports), map every flip-flop (yosys) to the golden quantity "
+        "it holds, flip register bits during simulation, and check that a flip of a register "
+        "holding layer k's activations gives exactly the golden model's outputs for that "
+        "activation-bit flip. Writes <run>/faults/rtl/rtl_summary.json and rtl_campaign.npz; "
+        "exits 3 on any disagreement.",
+    )
+    common(rr, sup)
+    rr.add_argument(
+        "--sites", type=int, help="flip-flops to flip, sampled (default: every flip-flop)"
+    )
+    rr.add_argument(
+        "--check",
+        type=int,
+        default=200,
+        help="exactly mapped bits cross-checked against the golden model (default 200)",
+    )
+    rr.add_argument("--samples", type=int, help="input vectors (default: faults.max_samples)")
+    rr.add_argument("--seed", type=int, default=sup, help="sampling seed (default 0)")
     rp.add_argument(
         "--no-plots",
         action="store_true",
@@ -420,6 +445,26 @@ def _faults_main(args: argparse.Namespace) -> int:
     run_dir = _faults_run_dir(args)
     store = args.store or runner.default_store(run_dir)
 
+    if cmd == "rtl":
+        from edgeml.fault_injection.rtl_run import run_rtl_from_run
+
+        seed = getattr(args, "seed", None)
+        summ = run_rtl_from_run(
+            run_dir,
+            n_samples=args.samples,
+            n_sites=args.sites,
+            n_check=args.check,
+            seed=0 if seed is None else seed,
+            progress=not quiet,
+        )
+        c, cc = summ["campaign"], summ["cross_check"]
+        print(
+            f"edgeml faults rtl: {summ['flipflops']} flip-flops "
+            f"({summ['register_map']}); {c.get('faults')} register faults, mean SDC rate "
+            f"{100 * float(c.get('mean_sdc_rate', 0)):.3f} %; cross-check vs golden: "
+            f"{cc['mismatching_sites']} of {cc['sites']} sites differ over {cc['vectors']} vectors"
+        )
+        return EXIT_OK
     if cmd == "report":
         _positive("--top", args.top, 0)
         out = runner.write_store_report(

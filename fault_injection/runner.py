@@ -165,10 +165,44 @@ def sample_random(inp: SamplerInput) -> list[FaultSite]:
     )
 
 
-#: Sampler registry: ``--sampler NAME`` -> callable. Extend with hessian / gradient / binfi.
+def sample_stratified(inp: SamplerInput) -> list[FaultSite]:
+    """A Leveugle-sized sample stratified by layer, parameter and bit (better mean-SDC
+    intervals than uniform sampling when a few bits dominate; see :mod:`.samplers`)."""
+    from .samplers import leveugle_sample_size, stratified_sample
+
+    n = leveugle_sample_size(len(inp.population), margin=inp.margin, confidence=inp.confidence)
+    return stratified_sample(inp.population, n, inp.seed)
+
+
+def _ranked(name: str) -> Sampler:
+    def sample(inp: SamplerInput) -> list[FaultSite]:
+        """The Leveugle-sized top of a sensitivity ranking, most sensitive first."""
+        from . import hessian
+        from .samplers import leveugle_sample_size
+
+        params = [s for s in inp.population if s.param in ("weight", "bias")]
+        if len(params) != len(inp.population):
+            raise ConfigError(
+                f"sampler {name!r} ranks weight/bias sites only; use --targets weight,bias"
+            )
+        rank = getattr(hessian, f"{name}_ranking")
+        kw = {"seed": inp.seed} if name == "hessian" else {}
+        ordered = rank(inp.g, inp.x, inp.labels, params, **kw).ordered(params)
+        n = leveugle_sample_size(len(params), margin=inp.margin, confidence=inp.confidence)
+        return list(ordered[:n])
+
+    sample.__name__ = f"sample_{name}"
+    return sample
+
+
+#: Sampler registry: ``--sampler NAME`` -> callable ``(SamplerInput) -> sites``.
 SAMPLERS: dict[str, Sampler] = {
     "exhaustive": sample_exhaustive,
     "random": sample_random,
+    "stratified": sample_stratified,
+    "hessian": _ranked("hessian"),
+    "gradient": _ranked("gradient"),
+    "taylor": _ranked("taylor"),
 }
 
 
@@ -204,7 +238,7 @@ def build_campaign(
     meta = {
         "sampler": sampler,
         "sampler_params": {"margin": margin, "confidence": confidence}
-        if sampler == "random"
+        if sampler != "exhaustive"
         else {},
         "targets": [t for t in TARGETS if t in targets],
         "kind": kind,

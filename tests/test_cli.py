@@ -301,3 +301,35 @@ def test_faults_report_with_sensitivity_plots(ext_run, capsys):
     text = (ext_run / "faults" / "campaign.html").read_text()
     assert "Fault sensitivity and protection" in text and text.count("data:image/png;base64,") >= 1
     assert "No sensitivity plots" not in text
+
+
+@pytest.mark.parametrize("sampler", ["stratified", "hessian"])
+def test_faults_ranked_and_stratified_samplers(ext_run, tmp_path, capsys, sampler):
+    """Leveugle-sized samplers: a stratified sample and the top of the Hessian ranking."""
+    from edgeml.fault_injection.samplers import leveugle_sample_size
+    from edgeml.fault_injection.store import FaultStore
+
+    store = tmp_path / f"{sampler}.sqlite"
+    rc = main(["faults", "run", "--run-dir", str(ext_run), "--store", str(store),
+               "--sampler", sampler, "--margin", "0.05", "--workers", "0", "-q"])  # fmt: skip
+    assert rc == 0, capsys.readouterr().err
+    st = FaultStore.open(store)
+    n_pop, res = st.config["population"], st.results()
+    st.close()
+    assert res.complete and st.config["sampler"] == sampler
+    n = leveugle_sample_size(n_pop, margin=0.05, confidence=0.95)
+    # stratified takes >= 2 per stratum, so it may exceed the Leveugle size a little
+    assert len(res.sdc_rate) == n if sampler == "hessian" else n <= len(res.sdc_rate) < 2 * n
+
+
+@pytest.mark.rtl
+@pytest.mark.slow
+def test_faults_rtl_register_campaign_matches_golden(ext_run, capsys):
+    """`edgeml faults rtl`: register flips in Verilator equal golden activation flips."""
+    rc = main(["faults", "rtl", "--run-dir", str(ext_run), "--sites", "200", "--check", "60",
+               "--samples", "200", "-q"])  # fmt: skip
+    assert rc == 0, capsys.readouterr().err
+    summ = json.loads((ext_run / "faults" / "rtl" / "rtl_summary.json").read_text())
+    assert summ["cross_check"] == {"sites": 60, "vectors": 200, "mismatching_sites": 0}
+    assert summ["campaign"]["faults"] == 200
+    assert summ["register_map"]["exact"] > 0.9 * summ["flipflops"]
