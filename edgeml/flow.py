@@ -585,7 +585,7 @@ def stage_faults(ctx: Context) -> dict[str, Any]:
         "sdc_mode": sdc,
         "seconds": round(res.seconds, 3),
         "faults_per_s": round(len(res.sdc_rate) / max(res.seconds, 1e-9), 1),
-        "baseline_accuracy": res.baseline_accuracy,
+        "baseline_accuracy": res.baseline_accuracy if y is not None else None,
         "mean_sdc_rate": float(np.mean(res.sdc_rate)),
     }
     outputs = [out]
@@ -620,7 +620,12 @@ def stage_faults(ctx: Context) -> dict[str, Any]:
     outputs.append(fdir / "binfi.json")
 
     sweep = B.run_ber_sweep(g, x, y, FAULT_BERS, FAULT_BER_TRIALS, seed, sdc=sdc, progress=False)
-    write_json(fdir / "ber.json", ber_curve(sweep))
+    if y is None:  # no labels (autoencoder): the share of samples whose outputs all survive
+        curve = ber_curve({float(b): 1.0 - sweep.sdc_rate[i] for i, b in enumerate(sweep.bers)})
+        curve["metric"] = "unchanged outputs"
+    else:
+        curve = {**ber_curve(sweep), "metric": "accuracy"}
+    write_json(fdir / "ber.json", curve)
     outputs.append(fdir / "ber.json")
 
     info["analysis_seconds"] = round(time.time() - t0 - res.seconds, 2)

@@ -503,13 +503,18 @@ def _section_campaign(c: FaultCampaign) -> str:
         "faults causing any SDC": f"{any_sdc:,} ({100.0 * any_sdc / n:.2f} %)",
         "mean SDC rate": _pct(float(c.sdc_rate.mean()), 3),
         "max SDC rate": _pct(float(c.sdc_rate.max()), 2),
-        "mean accuracy drop": f"{100.0 * float(c.acc_drop.mean()):.3f} pp",
-        "max accuracy drop": f"{100.0 * float(c.acc_drop.max()):.2f} pp",
+        "mean accuracy drop": f"{100.0 * float(c.acc_drop.mean()):.3f} pp"
+        if np.isfinite(c.acc_drop).all()
+        else "n/a (no labels)",
+        "max accuracy drop": f"{100.0 * float(c.acc_drop.max()):.2f} pp"
+        if np.isfinite(c.acc_drop).all()
+        else "n/a (no labels)",
     }
     parts.append(_kv_table(summary, "quantity", "value"))
     parts.append(_img(plot_heatmap(c), f"{c.title}: SDC heatmap"))
     parts.append(_img(plot_per_layer(c), f"{c.title}: per-layer SDC"))
-    parts.append(_img(plot_acc_drop_hist(c), f"{c.title}: accuracy drop histogram"))
+    if np.isfinite(c.acc_drop).any():  # no labels (e.g. an autoencoder): no accuracy drop
+        parts.append(_img(plot_acc_drop_hist(c), f"{c.title}: accuracy drop histogram"))
     top = top_sensitive(c, TOP_K)
     layer_str = c.layer.astype(str)
     rows = [
@@ -592,7 +597,8 @@ def render_html(data: ReportData, *, generated: str | None = None) -> str:
         parts.append("<h2>Fault injection</h2>")
         parts.append(
             "<p>Single-bit flips; SDC (silent data corruption) rate is the fraction of "
-            "samples whose top-1 prediction changed.</p>"
+            "samples whose top-1 prediction changed (for a design without classes, such as "
+            "the ECON-T encoder: whose output codes changed at all).</p>"
         )
         parts.extend(_section_campaign(c) for c in data.fault_campaigns)
     parts.extend(data.sections)

@@ -139,12 +139,13 @@ def plot_ber_curve(ber: Mapping[str, Any]) -> str:
         conf = 100.0 * float(ber.get("confidence", 0.95))
         ax.fill_between(b, 100.0 * lo, 100.0 * hi, color="#4c72b0", alpha=0.35, lw=0,
                         label=f"{conf:.0f} % CI of the mean")  # fmt: skip
-    ax.plot(b, mean, "o-", color="#4c72b0", ms=3, label="mean accuracy")
+    ax.plot(b, mean, "o-", color="#4c72b0", ms=3, label=f"mean {ber.get('metric', 'accuracy')}")
     if (b > 0).all() and b.size > 1:
         ax.set_xscale("log")
     ax.set_xlabel("bit-error rate (per stored bit)")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title("Accuracy against bit-error rate")
+    metric = str(ber.get("metric", "accuracy"))
+    ax.set_ylabel(f"{metric} (%)")
+    ax.set_title(f"{metric[:1].upper()}{metric[1:]} against bit-error rate")
     ax.grid(alpha=0.3)
     ax.legend(frameon=False, fontsize=8)
     return _png_b64(fig)
