@@ -7,10 +7,10 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.edgeml-installed
-DESIGN ?= mlp
+DESIGN ?= jet
 PYTEST_ARGS ?=
 
-.PHONY: setup sysdeps demo demo-cnn test test-fast lint bench clean
+.PHONY: setup sysdeps demo demo-cnn demo-all test test-fast lint bench bench-faults sweep clean
 
 setup: $(STAMP) sysdeps
 
@@ -47,6 +47,17 @@ lint: setup
 
 bench: setup
 	$(PY) benchmarks/bench_throughput.py
+	$(PY) benchmarks/bench_faults.py
+
+bench-faults: setup
+	$(PY) benchmarks/bench_faults.py
+
+# every built-in design through the whole flow, one after the other
+demo-all: setup
+	for d in jet econt rn08 mlp cnn; do $(VENV)/bin/edgeml flow --design $$d || exit $$?; done
+
+sweep: setup
+	$(VENV)/bin/edgeml sweep --design $(DESIGN)
 
 clean:
 	rm -rf runs hls_projects/*/ .pytest_cache

@@ -64,6 +64,8 @@ class RtlConfig(_Strict):
     pipelined: bool = True
     latency_cutoff: float = Field(5.0, gt=0.0, le=1000.0)
     cocotb_vectors: int = Field(200, ge=0, le=100_000)
+    #: wall-clock limit of the yosys resource estimate (the RN08 design needs ~5 min of CPU)
+    resources_timeout: float = Field(900.0, gt=0.0, le=86_400.0)
 
 
 class VerifyConfig(_Strict):

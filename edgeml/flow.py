@@ -328,7 +328,9 @@ def stage_rtl(ctx: Context) -> dict[str, Any]:
     try:
         from edgeml.resources import estimate_resources
 
-        est = estimate_resources(list(design.verilog_files), design.top)
+        est = estimate_resources(
+            list(design.verilog_files), design.top, timeout_s=ctx.cfg.rtl.resources_timeout
+        )
         info["resources"] = (
             None
             if est is None

@@ -795,7 +795,13 @@ def generate_rtl(
             )
     for stale in ("src", "model"):  # a previous design's stage files must not linger
         shutil.rmtree(out_dir / stale, ignore_errors=True)
-    model.write()
+    try:
+        model.write()
+    except AssertionError as exc:  # da4ml 0.6.0's Verilog writer asserts on some MSB muxes
+        raise UnsupportedOpError(
+            f"da4ml could not write Verilog for this design (internal assertion in its code "
+            f"generator: {exc!r}); the golden model and hls4ml levels still apply"
+        ) from exc
     latency = len(sol.solutions) if isinstance(sol, Pipeline) else 0
     design = RtlDesign(
         name=name,
