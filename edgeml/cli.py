@@ -120,9 +120,9 @@ def _add_faults_group(sp: argparse.ArgumentParser) -> None:
         q.add_argument(
             "--run-dir",
             type=Path,
-            help="run folder with model.qonnx.onnx (default: runs/<design>/, design mlp)",
+            help="run folder with model.qonnx.onnx (default: runs/<design>/, design jet)",
         )
-        q.add_argument("--design", default=sup, help="design whose run folder to use (default mlp)")
+        q.add_argument("--design", default=sup, help="design whose run folder to use (default jet)")
         q.add_argument("--store", type=Path, help=store_help)
         q.add_argument("-q", "--quiet", action="store_true", default=sup, help="no progress bars")
         q.add_argument("-v", "--verbose", action="store_true", default=sup, help="debug logging")
@@ -410,7 +410,7 @@ def _faults_run_dir(args: argparse.Namespace) -> Path:
         return Path(args.run_dir)
     if getattr(args, "out", None) is not None:  # `edgeml faults --out DIR run`
         return Path(args.out)
-    return Path("runs") / (getattr(args, "design", None) or "mlp")
+    return Path("runs") / (getattr(args, "design", None) or "jet")
 
 
 def _positive(name: str, value: int | None, minimum: int = 1) -> None:

@@ -43,7 +43,8 @@ class CompressConfig(_Strict):
     """Quantization and pruning. Bit widths are those of weights and activations."""
 
     bit_width: int = Field(6, ge=2, le=16)
-    sparsity: float = Field(0.5, ge=0.0, le=0.95)
+    #: ``None`` takes the design's default (``DesignSpec.sparsity``: 0.75 for the jet tagger)
+    sparsity: float | None = Field(None, ge=0.0, le=0.95)
 
 
 class HlsConfig(_Strict):
@@ -87,7 +88,7 @@ class FaultConfig(_Strict):
 class FlowConfig(_Strict):
     """One design's flow. ``design`` is a built-in name or ``external`` (``--onnx``)."""
 
-    design: str = "mlp"
+    design: str = "jet"
     onnx: str | None = None  # a QONNX file made elsewhere (FINN, Brevitas, QKeras via qonnx)
     seed: int = Field(0, ge=0)
     train: TrainConfig = TrainConfig()

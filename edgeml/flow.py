@@ -169,7 +169,8 @@ def stage_compress(ctx: Context) -> dict[str, Any]:
     y_test = sp.targets("test", data)
     qat = zoo.train_qat(sp, data, float_model, c.bit_width, _epochs(ctx, "qat"), ctx.cfg.seed)
     qat_m = zoo.evaluate(sp, qat, data.x_test, y_test)
-    pruned = zoo.prune(sp, data, qat, c.sparsity, _epochs(ctx, "finetune"), ctx.cfg.seed)
+    target = c.sparsity if c.sparsity is not None else sp.sparsity
+    pruned = zoo.prune(sp, data, qat, target, _epochs(ctx, "finetune"), ctx.cfg.seed)
     sparsity = zoo.edge_sparsity(sp, pruned)
     pruned_m = zoo.evaluate(sp, pruned, data.x_test, y_test)
     out = ctx.run.file("model.pt")

@@ -34,7 +34,7 @@ MODULES: dict[str, str] = {
     "econt": "edgeml.models.econt",
     "rn08": "edgeml.models.resnet",
 }
-DEFAULT_DESIGN = "mlp"
+DEFAULT_DESIGN = "jet"
 
 
 @dataclass(frozen=True)
@@ -70,6 +70,8 @@ class DesignSpec:
     settings: TrainSettings = field(default_factory=TrainSettings)
     float_settings: TrainSettings | None = None
     bit_widths: tuple[int, int] = (2, 8)
+    #: the flow's default pruning sparsity for this design
+    sparsity: float = 0.5
     notes: str = ""
 
     def targets(self, split: Literal["train", "test"], data: Dataset) -> np.ndarray:
