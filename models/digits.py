@@ -168,7 +168,8 @@ class FloatCNN(nn.Module):
         return self.fc1(self.flatten(self.pool(h)))
 
 
-def _qlinear(n_in: int, n_out: int, bit_width: int, last: bool = False) -> qnn.QuantLinear:
+def qlinear(n_in: int, n_out: int, bit_width: int, last: bool = False) -> qnn.QuantLinear:
+    """A PoT-scaled QAT Linear with an Int16Bias (the exact-through-hls4ml recipe)."""
     return qnn.QuantLinear(
         n_in,
         n_out,
@@ -180,7 +181,8 @@ def _qlinear(n_in: int, n_out: int, bit_width: int, last: bool = False) -> qnn.Q
     )
 
 
-def _qrelu(bit_width: int) -> qnn.QuantReLU:
+def qrelu(bit_width: int) -> qnn.QuantReLU:
+    """An unsigned PoT-scaled QAT ReLU of ``bit_width`` bits."""
     return qnn.QuantReLU(
         act_quant=Uint8ActPerTensorFixedPoint,
         bit_width=bit_width,
@@ -203,11 +205,11 @@ class QuantMLP(nn.Module):
         self.bit_width = bit_width
         self.inp = _qinput()
         self.flatten = nn.Flatten()
-        self.fc1 = _qlinear(64, 32, bit_width)
-        self.relu1 = _qrelu(bit_width)
-        self.fc2 = _qlinear(32, 32, bit_width)
-        self.relu2 = _qrelu(bit_width)
-        self.fc3 = _qlinear(32, N_CLASSES, bit_width, last=True)
+        self.fc1 = qlinear(64, 32, bit_width)
+        self.relu1 = qrelu(bit_width)
+        self.fc2 = qlinear(32, 32, bit_width)
+        self.relu2 = qrelu(bit_width)
+        self.fc3 = qlinear(32, N_CLASSES, bit_width, last=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.flatten(self.inp(x))
@@ -236,10 +238,10 @@ class QuantCNN(nn.Module):
             bias_quant=Int16Bias,
             return_quant_tensor=True,
         )
-        self.relu1 = _qrelu(bit_width)
+        self.relu1 = qrelu(bit_width)
         self.pool = nn.MaxPool2d(2)
         self.flatten = nn.Flatten()
-        self.fc1 = _qlinear(8 * 3 * 3, N_CLASSES, bit_width, last=True)
+        self.fc1 = qlinear(8 * 3 * 3, N_CLASSES, bit_width, last=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.relu1(self.conv1(self.inp(x)))

@@ -60,6 +60,7 @@ from torch import nn
 from edgeml.errors import ConfigError
 
 from . import jetgen, zoo
+from .digits import qlinear, qrelu
 from .training import Dataset, TrainSettings
 
 with warnings.catch_warnings():
@@ -68,9 +69,6 @@ with warnings.catch_warnings():
     from brevitas.inject.enum import ScalingImplType
     from brevitas.quant import (
         Int8ActPerTensorFixedPoint,
-        Int8WeightPerTensorFixedPoint,
-        Int16Bias,
-        Uint8ActPerTensorFixedPoint,
     )
 
 #: The committed jet sample (ships with the package: models/data/).
@@ -85,8 +83,6 @@ INPUT_FRAC = 7
 INPUT_LO = -(2 ** (INPUT_BITS - 1)) / 2**INPUT_FRAC
 INPUT_HI = (2 ** (INPUT_BITS - 1) - 1) / 2**INPUT_FRAC
 TEST_FRACTION = 0.3
-#: QuantReLU statistics steps before its power-of-two scale becomes learned.
-ACT_COLLECT_STATS_STEPS = 30
 
 
 # --------------------------------------------------------------------------- data
@@ -180,27 +176,6 @@ class InputQuant(Int8ActPerTensorFixedPoint):
     max_val = 2.0 ** (INPUT_BITS - 1 - INPUT_FRAC)
 
 
-def _qlinear(n_in: int, n_out: int, bit_width: int, last: bool = False) -> qnn.QuantLinear:
-    return qnn.QuantLinear(
-        n_in,
-        n_out,
-        bias=True,
-        weight_quant=Int8WeightPerTensorFixedPoint,
-        weight_bit_width=bit_width,
-        bias_quant=Int16Bias,
-        return_quant_tensor=not last,
-    )
-
-
-def _qrelu(bit_width: int) -> qnn.QuantReLU:
-    return qnn.QuantReLU(
-        act_quant=Uint8ActPerTensorFixedPoint,
-        bit_width=bit_width,
-        collect_stats_steps=ACT_COLLECT_STATS_STEPS,
-        return_quant_tensor=True,
-    )
-
-
 class QuantJetMLP(nn.Module):
     """Brevitas QAT twin of :class:`FloatJetMLP` (same parameter names)."""
 
@@ -211,13 +186,13 @@ class QuantJetMLP(nn.Module):
         h1, h2, h3 = HIDDEN
         self.bit_width = bit_width
         self.inp = qnn.QuantIdentity(act_quant=InputQuant, return_quant_tensor=True)
-        self.fc1 = _qlinear(N_FEATURES, h1, bit_width)
-        self.relu1 = _qrelu(bit_width)
-        self.fc2 = _qlinear(h1, h2, bit_width)
-        self.relu2 = _qrelu(bit_width)
-        self.fc3 = _qlinear(h2, h3, bit_width)
-        self.relu3 = _qrelu(bit_width)
-        self.fc4 = _qlinear(h3, N_CLASSES, bit_width, last=True)
+        self.fc1 = qlinear(N_FEATURES, h1, bit_width)
+        self.relu1 = qrelu(bit_width)
+        self.fc2 = qlinear(h1, h2, bit_width)
+        self.relu2 = qrelu(bit_width)
+        self.fc3 = qlinear(h2, h3, bit_width)
+        self.relu3 = qrelu(bit_width)
+        self.fc4 = qlinear(h3, N_CLASSES, bit_width, last=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.relu1(self.fc1(self.inp(x)))
