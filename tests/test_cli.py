@@ -170,7 +170,7 @@ def test_faults_group_help(capsys):
         main(["faults", "--help"])
     assert ei.value.code == 0
     out = capsys.readouterr().out
-    assert "{run,resume,report}" in out and "Without a sub-command" in out
+    assert "{run,resume,report,rtl}" in out and "Without a sub-command" in out
     with pytest.raises(SystemExit):
         main(["faults", "run", "--help"])
     out = capsys.readouterr().out
