@@ -136,8 +136,9 @@ class RunFolder:
             "seed": seed,
             "tool_versions": tool_versions(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
+            # a stage's own figures go under "extra" so none can overwrite the stage's wall time
+            "extra": dict(extra or {}),
             "seconds": round(time.time() - started, 3),
-            **(extra or {}),
         }
         tmp = self.manifest_path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
