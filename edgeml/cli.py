@@ -331,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     os.environ.setdefault("ORT_LOGGING_LEVEL", "3")
 
-    from edgeml.errors import DependencyError, EdgemlError, MismatchError, MissingRunError
+    from edgeml.errors import MissingRunError
 
     if args.command == "sweep":
         from edgeml.sweep import run_sweep_command
@@ -344,25 +344,8 @@ def main(argv: list[str] | None = None) -> int:
         except _UsageError as exc:
             print(f"edgeml faults {args.faults_command}: error: {exc}", file=sys.stderr)
             return EXIT_USAGE
-        except MismatchError as exc:
-            print(f"edgeml: MISMATCH: {exc}", file=sys.stderr)
-            return EXIT_MISMATCH
-        except DependencyError as exc:
-            print(f"edgeml: missing dependency: {exc}", file=sys.stderr)
-            return EXIT_DEPENDENCY
-        except EdgemlError as exc:
-            print(f"edgeml: error: {exc}", file=sys.stderr)
-            return EXIT_USER
-        except KeyboardInterrupt:
-            print(
-                "edgeml: interrupted (finished chunks are kept; resume with `edgeml faults "
-                "resume`)",
-                file=sys.stderr,
-            )
-            return 130
-        except Exception:
-            logging.getLogger("edgeml").exception("internal error (please report this)")
-            return EXIT_INTERNAL
+        except BaseException as exc:
+            return _exit_code(exc, "finished chunks are kept; resume with `edgeml faults resume`")
     try:
         from edgeml.flow import STAGE_FUNCS, STAGES, run_flow, save_config
 
@@ -379,27 +362,36 @@ def main(argv: list[str] | None = None) -> int:
             ctx.run.path.mkdir(parents=True, exist_ok=True)
             save_config(ctx)
             STAGE_FUNCS[args.command](ctx)
-    except MismatchError as exc:
-        print(f"edgeml: MISMATCH: {exc}", file=sys.stderr)
-        return EXIT_MISMATCH
-    except DependencyError as exc:
-        print(f"edgeml: missing dependency: {exc}", file=sys.stderr)
-        return EXIT_DEPENDENCY
-    except EdgemlError as exc:
-        print(f"edgeml: error: {exc}", file=sys.stderr)
-        return EXIT_USER
-    except KeyboardInterrupt:
-        print("edgeml: interrupted", file=sys.stderr)
-        return 130
-    except Exception:
-        logging.getLogger("edgeml").exception("internal error (please report this)")
-        return EXIT_INTERNAL
+    except BaseException as exc:
+        return _exit_code(exc)
     dt = time.time() - t0
     report = ctx.run.file("report.html")
     print(f"edgeml {args.command}: done in {dt:.1f} s; run folder {ctx.run.path}")
     if report.exists() and args.command in ("flow", "report"):
         print(f"report: {report.resolve()}")
     return EXIT_OK
+
+
+def _exit_code(exc: BaseException, on_interrupt: str = "") -> int:
+    """Print what went wrong and map it to the exit codes of the module docstring."""
+    from edgeml.errors import DependencyError, EdgemlError, MismatchError
+
+    if isinstance(exc, MismatchError):
+        print(f"edgeml: MISMATCH: {exc}", file=sys.stderr)
+        return EXIT_MISMATCH
+    if isinstance(exc, DependencyError):
+        print(f"edgeml: missing dependency: {exc}", file=sys.stderr)
+        return EXIT_DEPENDENCY
+    if isinstance(exc, EdgemlError):
+        print(f"edgeml: error: {exc}", file=sys.stderr)
+        return EXIT_USER
+    if isinstance(exc, KeyboardInterrupt):
+        print(f"edgeml: interrupted{f' ({on_interrupt})' if on_interrupt else ''}", file=sys.stderr)
+        return 130
+    if isinstance(exc, SystemExit):
+        raise exc
+    logging.getLogger("edgeml").error("internal error (please report this)", exc_info=exc)
+    return EXIT_INTERNAL
 
 
 # ----------------------------------------------------------------------------- faults group
