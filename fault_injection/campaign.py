@@ -28,7 +28,7 @@ import time
 import weakref
 import zipfile
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -277,6 +277,16 @@ class CampaignResult:
 
     def __len__(self) -> int:
         return int(self.layer.size)
+
+    def take(self, rows: np.ndarray | Sequence[int]) -> CampaignResult:
+        """The records at ``rows``, e.g. a sample drawn from an exhaustive campaign.
+
+        The engines are exact, so these equal a campaign run on those sites alone
+        (``seconds`` is 0: nothing was run for them).
+        """
+        r = np.asarray(rows, dtype=np.int64).reshape(-1)
+        picked = {name: getattr(self, name)[r] for name in _DTYPES}
+        return replace(self, **picked, seconds=0.0)
 
     @property
     def faults_per_s(self) -> float:

@@ -386,6 +386,19 @@ class SiteTable:
         t = site_tensor(g, name, param)
         return int(np.prod(g.tensors[t].shape, dtype=np.int64)), g.tensors[t].type, t
 
+    def deltas(self, op: Dense, param: str, rows: np.ndarray) -> np.ndarray:
+        """``faulty - stored`` code of the ``rows`` sites in ``op.<param>`` (weight or bias)."""
+        codes, ftype = param_storage(op, param)
+        return fault_deltas(
+            codes,
+            ftype.width,
+            ftype.signed,
+            self.index[rows],
+            self.bit[rows],
+            self.kind[rows],
+            self.nbits[rows],
+        )
+
     def validate(self, g: GoldenModel) -> None:
         """Every site must fit its word array: index < words, bit + nbits <= width."""
         for li, pi, grp in self.groups():
@@ -1259,18 +1272,9 @@ class FaultEngine:
         tally: Tally,
         progress: Any,
     ) -> None:
-        codes, ftype = param_storage(op, param)
         cout = op.weight.shape[-1]
         idx = table.index[rows]
-        delta = fault_deltas(
-            codes,
-            ftype.width,
-            ftype.signed,
-            idx,
-            table.bit[rows],
-            table.kind[rows],
-            table.nbits[rows],
-        )
+        delta = table.deltas(op, param, rows)
         if param == "bias":
             chan = idx
             eff = delta << op.bias_shift
@@ -1374,17 +1378,8 @@ class FaultEngine:
         cout = out_shape[-1]
         spatial = int(np.prod(out_shape[:-1], dtype=np.int64))
         base_cols = base_out.reshape(n * spatial, cout)
-        codes, ftype = param_storage(op, param)
         idx = table.index[rows]
-        delta = fault_deltas(
-            codes,
-            ftype.width,
-            ftype.signed,
-            idx,
-            table.bit[rows],
-            table.kind[rows],
-            table.nbits[rows],
-        )
+        delta = table.deltas(op, param, rows)
         chan = idx if param == "bias" else idx % cout
         biggest = max(int(np.prod(t.shape, dtype=np.int64)) for t in self.g.tensors.values())
         cap = max(1, min(256, _MAX_BATCH_ELEMS // max(1, n * biggest)))

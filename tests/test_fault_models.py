@@ -360,6 +360,18 @@ def test_campaign_save_load_replay_round_trip(small, tmp_path: Path) -> None:
     assert [FaultSite.from_id(f) for f in res.fault_ids()] == sites
 
 
+def test_take_rows_equals_a_campaign_on_those_sites(small) -> None:
+    """A sample taken from an exhaustive result equals running the sample alone."""
+    g, x, y = small
+    sites = enumerate_sites(g)
+    full = run_campaign(g, x, y, sites, progress=False)
+    rows = np.random.default_rng(3).choice(len(sites), 200, replace=False)
+    rows.sort()
+    part = full.take(rows)
+    assert part.sites() == [sites[i] for i in rows] and part.seconds == 0.0
+    _assert_same(part, run_campaign(g, x, y, [sites[i] for i in rows], progress=False))
+
+
 def test_corrupt_campaign_files_are_refused(small, tmp_path: Path) -> None:
     g = small[0]
     c = Campaign(tuple(enumerate_sites(g)[:50]), seed=1)
