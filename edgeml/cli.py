@@ -402,7 +402,9 @@ def _faults_run_dir(args: argparse.Namespace) -> Path:
         return Path(args.run_dir)
     if getattr(args, "out", None) is not None:  # `edgeml faults --out DIR run`
         return Path(args.out)
-    return Path("runs") / (getattr(args, "design", None) or "jet")
+    from edgeml.config import DEFAULT_DESIGN
+
+    return Path("runs") / (getattr(args, "design", None) or DEFAULT_DESIGN)
 
 
 def _positive(name: str, value: int | None, minimum: int = 1) -> None:

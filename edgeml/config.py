@@ -16,6 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgeml.errors import ConfigError, CorruptFileError
 
+#: The design `edgeml flow`, `make demo` and `edgeml faults` use when none is named.
+DEFAULT_DESIGN = "jet"
+
 
 def builtin_designs() -> tuple[str, ...]:
     """Names of the built-in designs (the model zoo's registry)."""
@@ -88,7 +91,7 @@ class FaultConfig(_Strict):
 class FlowConfig(_Strict):
     """One design's flow. ``design`` is a built-in name or ``external`` (``--onnx``)."""
 
-    design: str = "jet"
+    design: str = DEFAULT_DESIGN
     onnx: str | None = None  # a QONNX file made elsewhere (FINN, Brevitas, QKeras via qonnx)
     seed: int = Field(0, ge=0)
     train: TrainConfig = TrainConfig()

@@ -1112,9 +1112,9 @@ def config_from_args(args: argparse.Namespace) -> SweepConfig:
             "give either --workers (a local cluster) or --scheduler (an existing one), not both"
         )
     if args.design is None:
-        from edgeml.models import zoo
+        from edgeml.config import DEFAULT_DESIGN
 
-        args.design = zoo.DEFAULT_DESIGN
+        args.design = DEFAULT_DESIGN
     return SweepConfig(
         design=args.design,
         bits=parse_bits(args.bits) if args.bits else DEFAULT_BITS,

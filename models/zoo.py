@@ -34,7 +34,6 @@ MODULES: dict[str, str] = {
     "econt": "edgeml.models.econt",
     "rn08": "edgeml.models.resnet",
 }
-DEFAULT_DESIGN = "jet"
 
 
 @dataclass(frozen=True)
