@@ -2,9 +2,12 @@
 
 Exit codes:
     0  success
-    1  user error: bad config, unsupported op, corrupt or missing file, input overflow
+    1  user error: bad config or option, unsupported op, corrupt or missing file, NaN/Inf
+       weights, input overflow, another model in the run folder, an unwritable folder or
+       a full disk
     2  usage error (bad command-line arguments)
-    3  verification mismatch (a level disagrees with the golden model)
+    3  verification mismatch (a level disagrees with the golden model), also when a later
+       stage failed too
     4  a required tool is missing (Verilator, g++, ...)
     5  internal error (a bug: please report it with the traceback)
 """
@@ -12,6 +15,7 @@ Exit codes:
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
@@ -73,9 +77,23 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--seed", type=int, help="random seed")
         sp.add_argument("--vectors", type=int, help="random verification vectors (verify.n_random)")
         sp.add_argument(
-            "--no-hls", action="store_true", help="skip hls4ml (convert stage and C-sim check)"
+            "--no-hls",
+            action="store_true",
+            help="skip hls4ml (convert stage and C-sim check) in this command only; not saved "
+            "in the run's config.json (set hls.enabled: false in a --config file for that)",
         )
-        sp.add_argument("--no-rtl", action="store_true", help="skip RTL generation and simulation")
+        sp.add_argument(
+            "--no-rtl",
+            action="store_true",
+            help="skip RTL generation and simulation in this command only; not saved in the "
+            "run's config.json (set rtl.enabled: false in a --config file for that)",
+        )
+        sp.add_argument(
+            "--force",
+            action="store_true",
+            help="allow --onnx / --design to replace the model of an existing run folder "
+            "(its later stages then need re-running); without it such a mix is refused",
+        )
         sp.add_argument(
             "-q", "--quiet", action="store_true", help="no progress bars, warnings only"
         )
@@ -271,27 +289,62 @@ def _version() -> str:
     return f"edgeml {__version__}"
 
 
-def _context(args: argparse.Namespace) -> Any:
-    from edgeml.config import FlowConfig, apply_overrides, check_design, load_config
+#: Command-line flags that set config fields, for messages that name what the user typed.
+_FLAG_OF = {
+    "design": "--design",
+    "onnx": "--onnx",
+    "seed": "--seed",
+    "compress.bit_width": "--bits",
+    "compress.sparsity": "--sparsity",
+    "verify.n_random": "--vectors",
+}
+
+
+def _context(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any] | None]:
+    """Validate a stage command's config, options and run folder; write nothing.
+
+    Returns the :class:`~edgeml.flow.Context` the stages run with, the config to save
+    in ``config.json`` (without this command's ``--no-hls`` / ``--no-rtl``) and the
+    run's saved config (``None`` for a new run).
+    """
+    from edgeml.config import (
+        FlowConfig,
+        apply_overrides,
+        check_options,
+        design_identifier,
+        load_config,
+        validate_config,
+    )
+    from edgeml.errors import ConfigError
     from edgeml.flow import Context, load_run_config
     from edgeml.manifest import RunFolder
 
-    if args.config:
-        cfg = load_config(args.config)
-    else:
-        cfg = FlowConfig()
+    cfg = load_config(args.config) if args.config else FlowConfig()
     design = args.design
     onnx = str(args.onnx) if args.onnx else None
     if onnx and not design:
-        design = Path(onnx).name.split(".")[0]
-    out = args.out or Path("runs") / (design or cfg.design)
+        design = Path(onnx).name.split(".")[0] or "model"
+    # the default folder is named by the design's identifier: no spaces (Verilator's make
+    # cannot build in a path with spaces), no accents
+    out = args.out or Path("runs") / design_identifier(design or cfg.design)
     run = RunFolder(out)
-    if not args.config:
-        saved = load_run_config(run)
-        if saved is not None:
-            from edgeml.config import validate_config
+    saved = load_run_config(run) if run.file("config.json").is_file() else None
+    if saved is not None:
+        if not isinstance(saved, dict):
+            from edgeml.errors import CorruptFileError
 
-            cfg = validate_config(saved)
+            raise CorruptFileError(
+                f"'{run.file('config.json')}' is not a config mapping; delete it or use a new --out"
+            )
+        saved_cfg = validate_config(saved)
+        if not args.config:
+            cfg = saved_cfg
+        else:  # a --config file that does not name the model keeps the run's one
+            keep = {k: getattr(saved_cfg, k) for k in ("design", "onnx")}
+            keep = {k: v for k, v in keep.items() if k not in cfg.model_fields_set}
+            cfg = cfg.model_copy(update=keep)
+        if onnx and not args.design and saved_cfg.onnx is not None:
+            design = None  # same file under another name: keep the run's design name
     overrides = {
         "design": design,
         "onnx": onnx,
@@ -299,12 +352,132 @@ def _context(args: argparse.Namespace) -> Any:
         "compress.bit_width": args.bits,
         "compress.sparsity": args.sparsity,
         "verify.n_random": args.vectors,
+    }
+    try:
+        persistent = apply_overrides(cfg, overrides)
+    except ConfigError as exc:
+        flags = [f for k, f in _FLAG_OF.items() if overrides.get(k) is not None and k in str(exc)]
+        raise ConfigError(f"{exc} (set by {', '.join(flags)})" if flags else str(exc)) from None
+    sources = {k: f for k, f in _FLAG_OF.items() if overrides.get(k) is not None}
+    check_options(persistent, persistent.onnx is not None, sources)
+    # --no-hls / --no-rtl hold for this command only: config.json keeps the run's setting.
+    switches = {
         "hls.enabled": False if args.no_hls else None,
         "rtl.enabled": False if args.no_rtl else None,
     }
-    cfg = apply_overrides(cfg, overrides)
-    check_design(cfg, cfg.onnx is not None)
-    return Context(run=run, cfg=cfg, hls_root=args.hls_dir, progress=not args.quiet)
+    ctx = Context(
+        run=run,
+        cfg=apply_overrides(persistent, switches),
+        hls_root=args.hls_dir,
+        progress=not args.quiet,
+    )
+    return ctx, persistent, saved
+
+
+def _check_onnx(path: Path) -> str:
+    """Parse, clean and compile an ``--onnx`` file in memory; return its SHA-256.
+
+    Everything export would refuse (a corrupt or truncated file, NaN weights, an
+    unsupported op) is refused here, before anything is written to the run folder.
+    """
+    from edgeml.export import clean_qonnx
+    from edgeml.golden import GoldenModel
+    from edgeml.manifest import sha256
+
+    GoldenModel.from_onnx(clean_qonnx(path))
+    return sha256(path)
+
+
+def _check_same_model(
+    ctx: Any, saved: dict[str, Any] | None, onnx_sha: str | None, force: bool
+) -> None:
+    """Refuse a command that would put another model or design into an existing run folder."""
+    from edgeml.errors import RunConflictError
+
+    run = ctx.run
+    stages = run.read_manifest().get("stages", {}) if run.manifest_path.is_file() else {}
+    if saved is None and not stages:
+        return  # a new run folder (or one nothing was recorded in)
+    cfg = ctx.cfg
+    diffs = []
+    if saved is not None and saved.get("design") != cfg.design:
+        diffs.append(f"the run's design is {saved.get('design')!r}, this command's {cfg.design!r}")
+    if onnx_sha is not None:
+        export_inputs = stages.get("export", {}).get("inputs", {}) or {}
+        if saved is not None and saved.get("onnx") is None and stages:
+            diffs.append(
+                f"the run holds the built-in design {saved.get('design')!r}, and --onnx "
+                f"{cfg.onnx} is a model made elsewhere"
+            )
+        elif export_inputs and onnx_sha not in export_inputs.values():
+            src, have = next(iter(export_inputs.items()))
+            diffs.append(
+                f"the model file {cfg.onnx} (sha256 {onnx_sha[:12]}...) is not the file the "
+                f"run was exported from ({src}, sha256 {have[:12]}..., recorded in "
+                "manifest.json)"
+            )
+    if not diffs:
+        return
+    if force:
+        log = logging.getLogger("edgeml")
+        log.warning("--force: replacing the model of run folder %s: %s", run.path, "; ".join(diffs))
+        return
+    raise RunConflictError(
+        f"run folder '{run.path}' holds another model: {'; '.join(diffs)}. Mixing them would "
+        "leave artifacts of two models in one run. Use a new --out folder, or add --force to "
+        "replace the run's model (then re-run its later stages)"
+    )
+
+
+def _check_writable(folder: Path, what: str, flag: str) -> None:
+    """Create ``folder`` if needed and write (then delete) a scratch file in it."""
+    import tempfile
+
+    from edgeml.errors import AccessError
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".edgeml-write-check-", dir=folder)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise AccessError(
+            f"{what} '{folder}' is not writable: {_os_cause(exc)}. Pass a writable folder "
+            f"with {flag}"
+        ) from exc
+
+
+def _prepare(args: argparse.Namespace) -> tuple[Any, Any]:
+    """Everything a stage command checks before it writes: config, options, --onnx file,
+    that the run folder holds the same model, and that the folders are writable. Then
+    saves config.json (atomically); returns the context and the saved config."""
+    from edgeml.errors import MissingRunError
+    from edgeml.flow import save_config
+
+    ctx, persistent, saved = _context(args)
+    # the --onnx file, or the run's own one when this command exports it again
+    reads_onnx = args.onnx is not None or args.command in ("export", "flow")
+    onnx_sha = _check_onnx(Path(ctx.cfg.onnx)) if ctx.external and reads_onnx else None
+    starts_run = args.command in ("train", "flow") or (args.command == "export" and ctx.external)
+    if not starts_run and not ctx.run.path.is_dir():
+        raise MissingRunError(
+            f"run folder '{ctx.run.path}' does not exist; run `edgeml flow` (or the "
+            "earlier stages) first, or pass --out to point at an existing run folder"
+        )
+    _check_same_model(ctx, saved, onnx_sha, args.force)
+    builds_rtl = args.command in ("rtl", "verify", "flow") and ctx.cfg.rtl.enabled
+    if builds_rtl and any(c.isspace() for c in str(ctx.run.path.resolve())):
+        from edgeml.errors import ConfigError
+
+        raise ConfigError(
+            f"run folder '{ctx.run.path.resolve()}' has a space in its path, and Verilator's "
+            "make cannot build the RTL there; pass an --out without spaces (or --no-rtl)"
+        )
+    _check_writable(ctx.run.path, "run folder", "--out")
+    if args.command in ("convert", "flow") and ctx.cfg.hls.enabled:
+        _check_writable(ctx.hls_root, "hls4ml project root", "--hls-dir")
+    save_config(ctx, persistent)
+    return ctx, persistent
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -331,8 +504,6 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     os.environ.setdefault("ORT_LOGGING_LEVEL", "3")
 
-    from edgeml.errors import MissingRunError
-
     if args.command == "sweep":
         from edgeml.sweep import run_sweep_command
 
@@ -347,20 +518,12 @@ def main(argv: list[str] | None = None) -> int:
         except BaseException as exc:
             return _exit_code(exc, "finished chunks are kept; resume with `edgeml faults resume`")
     try:
-        from edgeml.flow import STAGE_FUNCS, STAGES, run_flow, save_config
+        from edgeml.flow import STAGE_FUNCS, STAGES, run_flow
 
-        ctx = _context(args)
+        ctx, persistent = _prepare(args)  # validates everything before writing a file
         if args.command == "flow":
-            run_flow(ctx, STAGES)
+            run_flow(ctx, STAGES, saved_config=persistent)
         else:
-            starts_run = args.command == "train" or (args.command == "export" and ctx.external)
-            if not starts_run and not ctx.run.path.is_dir():
-                raise MissingRunError(
-                    f"run folder '{ctx.run.path}' does not exist; run `edgeml flow` (or the "
-                    "earlier stages) first, or pass --out to point at an existing run folder"
-                )
-            ctx.run.path.mkdir(parents=True, exist_ok=True)
-            save_config(ctx)
             STAGE_FUNCS[args.command](ctx)
     except BaseException as exc:
         return _exit_code(exc)
@@ -390,8 +553,68 @@ def _exit_code(exc: BaseException, on_interrupt: str = "") -> int:
         return 130
     if isinstance(exc, SystemExit):
         raise exc
+    env = _environment_error(exc)
+    if env is not None:
+        code, msg = env
+        logging.getLogger("edgeml").debug("environment error", exc_info=exc)
+        kind = "missing dependency" if code == EXIT_DEPENDENCY else "error"
+        print(f"edgeml: {kind}: {msg}", file=sys.stderr)
+        return code
     logging.getLogger("edgeml").error("internal error (please report this)", exc_info=exc)
     return EXIT_INTERNAL
+
+
+#: errno -> what to do about it: the machine, not edgeml, is in the way.
+_ERRNO_HINTS: dict[int, str] = {
+    errno.EACCES: "permission denied: make it writable (or readable), or use another folder",
+    errno.EPERM: "operation not permitted: make it writable, or use another folder",
+    errno.EROFS: "read-only file system: use a folder on a writable disk",
+    errno.ENOSPC: "no space left on the device: free some space or use another disk",
+    errno.EDQUOT: "disk quota exceeded: free some space or use another disk",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+    errno.EISDIR: "it is a folder where a file was expected",
+    errno.ENAMETOOLONG: "the path is too long: use a shorter one",
+    errno.ENOENT: "no such file or folder",
+    errno.EMFILE: "too many open files: raise the limit (ulimit -n)",
+    errno.ENFILE: "too many open files in the system",
+    errno.EIO: "input/output error: the disk may be failing",
+}
+
+
+def _os_cause(exc: OSError) -> str:
+    hint = _ERRNO_HINTS.get(exc.errno or -1, exc.strerror or str(exc))
+    name = errno.errorcode.get(exc.errno or -1, "")
+    return f"{hint} ({name})" if name else hint
+
+
+def _environment_error(exc: BaseException) -> tuple[int, str] | None:
+    """Exit code and message for errors of the machine (permissions, disk, a missing tool)."""
+    import sqlite3
+    import traceback
+
+    if isinstance(exc, sqlite3.OperationalError):
+        text = str(exc)
+        if "locked" in text:
+            return EXIT_USER, f"SQLite: {text}: another process is using the fault store"
+        if any(k in text for k in ("readonly", "unable to open", "disk")):
+            return EXIT_USER, f"SQLite: {text} (check that the store's folder is writable)"
+        return None
+    if not isinstance(exc, OSError) or exc.errno not in _ERRNO_HINTS:
+        return None
+    path = exc.filename if exc.filename is not None else ""
+    path2 = f" -> '{exc.filename2}'" if exc.filename2 is not None else ""
+    frames = traceback.extract_tb(exc.__traceback__)
+    if (
+        isinstance(exc, FileNotFoundError)
+        and frames
+        and frames[-1].filename.endswith("subprocess.py")
+    ):  # raised while starting a program: the program is missing
+        return EXIT_DEPENDENCY, (
+            f"the program '{path}' is not installed or not on PATH; install it (`make demo` "
+            "sets up the pinned toolchain) or add it to PATH"
+        )
+    where = f"'{path}'{path2}: " if path else ""
+    return EXIT_USER, f"{where}{_os_cause(exc)}"
 
 
 # ----------------------------------------------------------------------------- faults group
@@ -487,7 +710,10 @@ def _faults_main(args: argparse.Namespace) -> int:
         seed = getattr(args, "seed", None)
         seed = 0 if seed is None else seed
         _positive("--seed", seed, 0)
-        if Path(store).exists() and not args.resume:
+        from edgeml.fault_injection.store import remove_if_empty
+
+        # a store with no result yet (its run failed before the first chunk) starts again
+        if Path(store).exists() and not args.resume and not remove_if_empty(store):
             raise _UsageError(
                 f"fault store '{store}' already exists; add --resume to continue its campaign, "
                 "or pass another --store (or delete it) to start a new one"

@@ -8,7 +8,10 @@ ones, and a bad value names the field, what was received and what is allowed.
 from __future__ import annotations
 
 import difflib
+import hashlib
 import json
+import re
+import unicodedata
 from pathlib import Path
 from typing import Any, Literal
 
@@ -148,6 +151,71 @@ def check_design(cfg: FlowConfig, external: bool) -> None:
             f"config field 'design': unknown built-in design {cfg.design!r}; allowed: "
             f"{', '.join(builtin_designs())} (or pass --onnx FILE for a model made elsewhere)"
         )
+
+
+def check_options(cfg: FlowConfig, external: bool, sources: dict[str, str] | None = None) -> None:
+    """Options that depend on the design, checked before any stage runs (nothing trains first).
+
+    ``sources`` maps a config field to the command-line flag that set it (``--bits``), so
+    the message names what the user typed.
+    """
+    check_design(cfg, external)
+    if external:
+        return
+    from edgeml.models import zoo
+
+    lo, hi = zoo.get(cfg.design).bit_widths
+    bits = cfg.compress.bit_width
+    if not lo <= bits <= hi:
+        flag = (sources or {}).get("compress.bit_width")
+        via = f" ({flag})" if flag else ""
+        raise ConfigError(
+            f"config field 'compress.bit_width'{via}: design {cfg.design!r} supports bit widths "
+            f"{lo}..{hi}; got {bits}. Pass --bits {lo}..{hi} (or set compress.bit_width)"
+        )
+
+
+#: Names a C/C++ compiler or a Verilog tool would read as keywords, not identifiers.
+_RESERVED = frozenset(
+    """alignas alignof and asm auto bool break case catch char class const constexpr continue
+    default delete do double else enum explicit export extern false float for friend goto if
+    inline int long mutable namespace new noexcept not nullptr operator or private protected
+    public register return short signed sizeof static struct switch template this throw true try
+    typedef typeid typename union unsigned using virtual void volatile while xor
+    always assign begin buf case casex casez cmos deassign defparam disable edge end endcase
+    endfunction endmodule endprimitive endspecify endtable endtask event force forever fork
+    function highz0 highz1 initial inout input integer join large macromodule medium module
+    nand negedge nmos nor notif0 notif1 or output parameter pmos posedge primitive pull0 pull1
+    pulldown pullup rcmos real realtime reg release repeat rnmos rpmos rtran rtranif0 rtranif1
+    scalared small specify specparam strong0 strong1 supply0 supply1 table task time tran
+    tranif0 tranif1 tri tri0 tri1 triand trior trireg vectored wait wand weak0 weak1 wire wor
+    logic bit byte shortint longint genvar generate endgenerate localparam""".split()
+)
+#: Kept as is: starts with a letter, no double underscore (reserved in C++).
+_IDENT_RE = re.compile(r"[A-Za-z](?:_?[A-Za-z0-9])*_?")
+#: Longest identifier derived from a name (before the hash suffix).
+_IDENT_MAX = 40
+
+
+def design_identifier(name: str) -> str:
+    """An ASCII identifier ``[A-Za-z][A-Za-z0-9_]*`` for a design name (any file name).
+
+    It names the hls4ml top function and the Verilog module, so it must be a C and a
+    Verilog identifier. A name that already is one (starting with a letter, without
+    ``__``, at most 40 characters, no keyword) is kept as is.
+    Otherwise accents are dropped (``modèle`` -> ``modele``), every other character
+    becomes ``_``, and an 8-hex-digit hash of the original name is appended so two
+    names that map to the same letters (``my-net`` and ``my net``) stay distinct.
+    The design keeps its original name for display (``config.design``).
+    """
+    if _IDENT_RE.fullmatch(name) and len(name) <= _IDENT_MAX and name.lower() not in _RESERVED:
+        return name
+    folded = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode("ascii")
+    base = re.sub(r"[^A-Za-z0-9]+", "_", folded).strip("_")[:_IDENT_MAX].strip("_")
+    if not base or not base[0].isalpha():
+        base = f"m_{base}".rstrip("_")
+    digest = hashlib.sha256(name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return f"{base}_{digest}"
 
 
 def load_config(path: str | Path) -> FlowConfig:

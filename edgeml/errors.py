@@ -41,3 +41,16 @@ class MismatchError(EdgemlError):
     """Two levels (golden, C-sim, RTL) disagree. Exit code 3."""
 
     exit_code = 3
+
+
+class InvalidTensorError(CorruptFileError):
+    """A model's tensor holds NaN/Inf, or has zero, negative or absurd dimensions."""
+
+
+class RunConflictError(EdgemlError):
+    """A command would mix a different model or design into an existing run folder."""
+
+
+class AccessError(EdgemlError):
+    """A file or folder cannot be read or written: permissions, a read-only file system,
+    a full disk, or a path that runs through a file."""

@@ -14,13 +14,15 @@ import io
 import logging
 import tempfile
 import warnings
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import onnx
 from qonnx.core.modelwrapper import ModelWrapper
 
-from edgeml.errors import ConfigError, CorruptFileError, UnsupportedOpError
+from edgeml.errors import ConfigError, CorruptFileError, InvalidTensorError, UnsupportedOpError
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +86,21 @@ def _check_proto(proto: onnx.ModelProto, where: str) -> None:
             f"ONNX file {where} has no graph (nodes={len(graph.node)}, inputs="
             f"{len(graph.input)}, outputs={len(graph.output)}); it is truncated or not a model"
         )
+    # Names, values and dimensions first: onnx.checker does not look at them, and a
+    # NaN weight would otherwise only show up as a numpy warning (and INT64_MIN codes).
+    for kind, names in (
+        ("initializer", [t.name for t in graph.initializer]),
+        ("graph input", [v.name for v in graph.input]),
+        ("graph output", [v.name for v in graph.output]),
+        ("value_info", [v.name for v in graph.value_info]),
+    ):
+        dup = sorted(n for n, c in Counter(names).items() if c > 1)
+        if dup:
+            raise CorruptFileError(
+                f"ONNX file {where} declares the {kind} name(s) {dup[:5]} more than once; "
+                "the file is corrupt or was written wrongly: re-export it"
+            )
+    check_graph_tensors(graph, where)
     try:
         onnx.checker.check_model(proto)
     except Exception as exc:
@@ -92,16 +109,171 @@ def _check_proto(proto: onnx.ModelProto, where: str) -> None:
         ) from exc
 
 
+#: Largest dimension and element count of one tensor edgeml accepts. Edge designs are
+#: many orders of magnitude smaller; a corrupted dimension is refused before numpy or
+#: qonnx try to allocate it.
+MAX_DIM = 1 << 31
+MAX_ELEMENTS = 1 << 24
+
+#: What each input of a QONNX quantizer is, for messages.
+_ROLES: dict[str, tuple[str, ...]] = {
+    "Quant": ("input", "scale", "zero point", "bit width"),
+    "BipolarQuant": ("input", "scale"),
+    # v1: ..., output bit width; v2: ..., output scale, output bit width
+    "Trunc": (
+        "input",
+        "scale",
+        "zero point",
+        "input bit width",
+        "output scale/bit width",
+        "output bit width",
+    ),
+}
+
+
+def _consumers(graph: onnx.GraphProto) -> dict[str, list[str]]:
+    """Tensor name -> "node 'X' (op Y, <role>)" for every node reading it."""
+    out: dict[str, list[str]] = {}
+    for k, node in enumerate(graph.node):
+        name = node.name or f"{node.op_type}_{k}"
+        roles = _ROLES.get(node.op_type, ())
+        for i, t in enumerate(node.input):
+            role = roles[i] if i < len(roles) else f"input {i}"
+            out.setdefault(t, []).append(f"node '{name}' (op {node.op_type}, {role})")
+    return out
+
+
+def _read_by(consumers: dict[str, list[str]], tensor: str) -> str:
+    users = consumers.get(tensor, [])
+    return f", read by {', '.join(users[:3])}" if users else ", read by no node"
+
+
+def _check_dims(dims: list[int], what: str, where: str, allow_zero_first: bool = False) -> None:
+    for k, d in enumerate(dims):
+        if d < 0 or d > MAX_DIM or (d == 0 and not (allow_zero_first and k == 0)):
+            raise InvalidTensorError(
+                f"{what} in {where} has dimension {k} = {d} (shape {list(dims)}); dimensions "
+                f"must be in 1..{MAX_DIM}. The file is corrupt or was written wrongly: re-export it"
+            )
+    n = int(np.prod([max(d, 1) for d in dims], dtype=object)) if dims else 1
+    if n > MAX_ELEMENTS:
+        raise InvalidTensorError(
+            f"{what} in {where} has shape {list(dims)} = {n:,} elements; edgeml accepts at most "
+            f"{MAX_ELEMENTS:,} per tensor (edge designs are far smaller). Re-export the model"
+        )
+
+
+def _tensor_values(t: onnx.TensorProto, what: str, where: str) -> np.ndarray:
+    """Decode a TensorProto after checking its shape; undecodable data is a clear error."""
+    from onnx import numpy_helper
+
+    _check_dims(list(t.dims), what, where)
+    if t.data_location == onnx.TensorProto.EXTERNAL:
+        return np.zeros(0)  # external data was loaded by onnx.load, or is checked by onnx
+    try:
+        arr = numpy_helper.to_array(t)
+    except Exception as exc:
+        raise InvalidTensorError(
+            f"{what} in {where} cannot be decoded ({type(exc).__name__}: {exc}): its data does "
+            f"not match its shape {list(t.dims)} and type {t.data_type}. Re-export the model"
+        ) from exc
+    return np.asarray(arr)
+
+
+def _check_finite(arr: np.ndarray, what: str, where: str) -> None:
+    if arr.dtype.kind not in "fc" or arr.size == 0:
+        return
+    bad = ~np.isfinite(arr)
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        n_nan = int(np.isnan(arr).sum())
+        raise InvalidTensorError(
+            f"{what} in {where} holds {n_nan} NaN and {int(bad.sum()) - n_nan} infinite "
+            f"value(s) (first at index {first}: {arr[first]!r}); edgeml needs finite weights, "
+            "scales, zero points and bit widths. Check the training run or re-export the model"
+        )
+
+
+#: Ops with a sliding window, whose kernel / stride / padding attributes are checked.
+_WINDOW_OPS = frozenset({"Conv", "MaxPool", "AveragePool", "ConvTranspose", "LpPool"})
+
+
+def check_graph_tensors(graph: onnx.GraphProto, where: str) -> None:
+    """Refuse NaN/Inf values and zero, negative or absurd dimensions in a graph's tensors.
+
+    Checks every initializer, every tensor-valued (or float) attribute, which covers
+    ``Constant`` nodes and the Quant scale / zero point / bit width however they are
+    stored, the graph inputs' dimensions, and the kernel / stride / padding of
+    window ops (a corrupted padding would make qonnx allocate gigabytes). Each
+    message names the tensor and the node(s) reading it. Raises
+    :class:`~edgeml.errors.InvalidTensorError`.
+    """
+    from edgeml.golden import MAX_WINDOW
+
+    users = _consumers(graph)
+    for k, node in enumerate(graph.node):
+        if node.op_type not in _WINDOW_OPS:
+            continue
+        for a in node.attribute:
+            lo = 0 if a.name == "pads" else 1
+            if a.name in ("kernel_shape", "strides", "dilations", "pads") and not all(
+                lo <= v <= MAX_WINDOW for v in a.ints
+            ):
+                raise InvalidTensorError(
+                    f"node '{node.name or f'{node.op_type}_{k}'}' (op {node.op_type}) in {where} "
+                    f"has {a.name} {list(a.ints)}; allowed: {lo}..{MAX_WINDOW} each. The file "
+                    "is corrupt or was written wrongly: re-export it"
+                )
+    for init in graph.initializer:
+        what = f"initializer '{init.name}'{_read_by(users, init.name)}"
+        _check_finite(_tensor_values(init, what, where), what, where)
+    for k, node in enumerate(graph.node):
+        name = node.name or f"{node.op_type}_{k}"
+        outs = ", ".join(f"'{o}'" for o in node.output)
+        for a in node.attribute:
+            what = f"attribute '{a.name}' of node '{name}' (op {node.op_type}, output {outs})"
+            if node.op_type == "Constant" and node.output:
+                what += _read_by(users, node.output[0])
+            if a.type == onnx.AttributeProto.TENSOR:
+                _check_finite(_tensor_values(a.t, what, where), what, where)
+            elif a.type == onnx.AttributeProto.TENSORS:
+                for t in a.tensors:
+                    _check_finite(_tensor_values(t, what, where), what, where)
+            elif a.type == onnx.AttributeProto.FLOAT:
+                _check_finite(np.asarray([a.f]), what, where)
+            elif a.type == onnx.AttributeProto.FLOATS:
+                _check_finite(np.asarray(list(a.floats), np.float64), what, where)
+    inits = {i.name for i in graph.initializer}
+    for vi in graph.input:
+        if vi.name in inits or not vi.type.HasField("tensor_type"):
+            continue
+        dims = [d.dim_value for d in vi.type.tensor_type.shape.dim if d.HasField("dim_value")]
+        _check_dims(dims, f"graph input '{vi.name}'", where, allow_zero_first=True)
+
+
+def _wrap(proto: onnx.ModelProto, where: str) -> ModelWrapper:
+    """qonnx's ModelWrapper, whose constructor checks the tensor shapes (with asserts)."""
+    try:
+        with _quiet():
+            return ModelWrapper(proto)
+    except Exception as exc:
+        raise CorruptFileError(
+            f"ONNX file {where} is refused by qonnx ({type(exc).__name__}: {exc}); the file is "
+            "corrupt or was written wrongly: re-export it"
+        ) from exc
+
+
 def _to_wrapper(
     model_or_path: ModelWrapper | onnx.ModelProto | str | Path,
 ) -> tuple[ModelWrapper, str]:
     if isinstance(model_or_path, ModelWrapper):
+        check_graph_tensors(model_or_path.graph, "<ModelWrapper>")
         return model_or_path, "<ModelWrapper>"
     if isinstance(model_or_path, onnx.ModelProto):
         _check_proto(model_or_path, "<ModelProto>")
-        return ModelWrapper(model_or_path), "<ModelProto>"
+        return _wrap(model_or_path, "<ModelProto>"), "<ModelProto>"
     if isinstance(model_or_path, str | Path):
-        return ModelWrapper(load_onnx(model_or_path)), str(model_or_path)
+        return _wrap(load_onnx(model_or_path), str(model_or_path)), str(model_or_path)
     raise ConfigError(
         f"clean_qonnx takes a path, an onnx.ModelProto or a qonnx ModelWrapper, "
         f"got {type(model_or_path).__name__}"

@@ -16,7 +16,10 @@ in ``manifest.json``. The CLI is a thin wrapper over these.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,12 +29,21 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from edgeml.config import FlowConfig, check_design
-from edgeml.errors import ConfigError, EdgemlError, MismatchError, UnsupportedOpError
+from edgeml.config import FlowConfig, check_options
+from edgeml.errors import (
+    ConfigError,
+    EdgemlError,
+    MismatchError,
+    MissingRunError,
+    UnsupportedOpError,
+)
 from edgeml.golden import GoldenModel
-from edgeml.manifest import RunFolder, read_json, write_json
+from edgeml.manifest import RunFolder, read_json, sha256, write_json
 
 log = logging.getLogger(__name__)
+
+#: The golden IR a run ships (written by export, checked by verify against the QONNX).
+GOLDEN_IR = "golden.npz"
 
 STAGES: tuple[str, ...] = (
     "train",
@@ -65,7 +77,19 @@ class Context:
 
     @property
     def hls_dir(self) -> Path:
-        return self.hls_root / self.cfg.design
+        """The run's hls4ml project: where ``hls.json`` says (relative to the run folder).
+
+        Before the convert stage has run, the folder it will write:
+        ``<hls root>/<identifier>_<first 8 hex of the model's SHA-256>``, so runs
+        of different models never share (or overwrite) one project.
+        """
+        info_path = self.run.file("hls.json")
+        if info_path.exists():
+            info = read_json(info_path)
+            if "project_dir" in info:
+                return (self.run.path / info["project_dir"]).resolve()
+        digest = sha256(self.run.require("model.qonnx.onnx"))
+        return (self.hls_root / f"{_ident(self.name)}_{digest[:8]}").resolve()
 
     def golden(self) -> GoldenModel:
         if "golden" not in self.results:
@@ -220,7 +244,9 @@ def stage_export(ctx: Context) -> dict[str, Any]:
     g = ctx.golden()  # compile now: unsupported ops fail here, at export
     summary = g.summary()
     ctx.run.file("golden.txt").write_text(summary + "\n" + "\n".join(g.notes) + "\n")
-    _record(ctx, "export", t0, inputs, [out, ctx.run.file("golden.txt")])
+    g.save(ctx.run.file(GOLDEN_IR))  # the integer IR that ships; verify checks it against the QONNX
+    outputs = [out, ctx.run.file("golden.txt"), ctx.run.file(GOLDEN_IR)]
+    _record(ctx, "export", t0, inputs, outputs)
     log.info("export: golden model\n%s", summary)
     return {"golden": summary, "notes": g.notes}
 
@@ -235,10 +261,12 @@ def stage_convert(ctx: Context) -> dict[str, Any]:
     g = ctx.golden()
     onnx_path = ctx.run.require("model.qonnx.onnx")
     h = ctx.cfg.hls
+    ctx.run.file("hls.json").unlink(missing_ok=True)  # a new project: do not reuse the old path
+    hls_dir = ctx.hls_dir
     try:
         design = convert_hls(
             onnx_path,
-            ctx.hls_dir,
+            hls_dir,
             name=_ident(ctx.name),
             input_type=g.input_type,
             output_type=g.output_type,
@@ -253,27 +281,78 @@ def stage_convert(ctx: Context) -> dict[str, Any]:
         _record(ctx, "convert", t0, [onnx_path], [ctx.run.file("hls.json")], error=str(exc))
         raise
     ctx.results["hls"] = design
-    info = {"project_dir": str(ctx.hls_dir.resolve()), "seconds": round(time.time() - t0, 2)}
+    info = {
+        # relative to the run folder, so the run is found from any working directory
+        "project_dir": os.path.relpath(hls_dir, ctx.run.path.resolve()),
+        "project_dir_abs": str(hls_dir),
+        "name": design.name,
+        "onnx_sha256": sha256(onnx_path),
+        "seconds": round(time.time() - t0, 2),
+    }
     write_json(ctx.run.file("hls.json"), info)
     _record(
-        ctx, "convert", t0, [onnx_path], [ctx.run.file("hls.json"), ctx.hls_dir / "build_prj.tcl"]
+        ctx, "convert", t0, [onnx_path], [ctx.run.file("hls.json"), *hls_shipped_files(hls_dir)]
     )
     return info
 
 
+def hls_shipped_files(project_dir: Path) -> list[Path]:
+    """The files of an hls4ml project that a user takes to Vitis (and C-sim compiles).
+
+    Everything but the C-sim libraries, the test-bench data and edgeml's own
+    metadata, which edgeml rewrites when it recompiles a moved project.
+    """
+    skip_dirs = {"tb_data", "__pycache__"}
+    return [
+        p
+        for p in sorted(Path(project_dir).rglob("*"))
+        if p.is_file()
+        and p.suffix not in (".so", ".o")
+        and p.name != "edgeml_hls.json"
+        and not skip_dirs & set(p.relative_to(project_dir).parts)
+    ]
+
+
 def _ident(name: str) -> str:
-    s = "".join(c if c.isalnum() else "_" for c in name)
-    return s if s and s[0].isalpha() else f"m_{s}"
+    """The design's C/Verilog identifier (:func:`edgeml.config.design_identifier`)."""
+    from edgeml.config import design_identifier
+
+    return design_identifier(name)
 
 
 def _hls_design(ctx: Context) -> Any:
+    """The run's hls4ml project as it is on disk (C-sim recompiled if its sources changed).
+
+    A project built from another model than this run's is refused: its
+    ``edgeml_hls.json`` records the SHA-256 of the QONNX it was converted from,
+    which must be the run's ``model.qonnx.onnx`` (as it is now, or as the export
+    stage recorded it, in which case the QONNX drifted and verify reports it).
+    """
     if "hls" not in ctx.results:
-        from edgeml.hls import HlsDesign
+        from edgeml.hls import METADATA_FILE, HlsDesign
 
         info = read_json(ctx.run.require("hls.json"))
         if "error" in info:
             raise UnsupportedOpError(info["error"])
-        ctx.results["hls"] = HlsDesign.load(ctx.hls_dir)
+        pdir = ctx.hls_dir
+        meta_path = pdir / METADATA_FILE
+        if not meta_path.is_file():
+            raise MissingRunError(
+                f"the hls4ml project of run '{ctx.run.path}' is missing: hls.json points to "
+                f"'{pdir}', which holds no {METADATA_FILE}. Re-run `edgeml convert --out "
+                f"{ctx.run.path}` to write it again."
+            )
+        built_from = read_json(meta_path).get("onnx_sha256")
+        onnx_path = ctx.run.require("model.qonnx.onnx")
+        allowed = {sha256(onnx_path), ctx.run.recorded_hash("export", "model.qonnx.onnx")}
+        if built_from not in allowed:
+            raise ConfigError(
+                f"the hls4ml project '{pdir}' was converted from another model (QONNX sha256 "
+                f"{str(built_from)[:12]}...), not from this run's model.qonnx.onnx "
+                f"({sha256(onnx_path)[:12]}...); refusing to verify one model against another's "
+                f"firmware. Re-run `edgeml convert --out {ctx.run.path}`."
+            )
+        ctx.results["hls"] = HlsDesign.load(pdir)
     return ctx.results["hls"]
 
 
@@ -352,7 +431,11 @@ def stage_rtl(ctx: Context) -> dict[str, Any]:
         "rtl",
         t0,
         [ctx.run.require("model.qonnx.onnx")],
-        [ctx.run.file("rtl.json"), *design.verilog_files],
+        [
+            ctx.run.file("rtl.json"),
+            # every file that ships: Verilog, table memories, timing constraints
+            *sorted(p for p in design.src_dir.rglob("*") if p.is_file()),
+        ],
     )
     return info
 
@@ -369,16 +452,78 @@ def _verify_inputs(ctx: Context, n_random: int | None = None) -> tuple[np.ndarra
 
 
 def stage_verify(ctx: Context) -> dict[str, Any]:
-    """Compare golden vs hls4ml C-sim vs RTL vs the trained model over >= 10k vectors."""
+    """Check the artifacts on disk: golden vs golden IR, hls4ml headers and C-sim, RTL, trained model.
+
+    Raises :class:`MismatchError` (exit 3) after writing ``verify.json`` when a
+    level disagrees with the golden model; see :func:`verify_artifacts`.
+    """
+    info = verify_artifacts(ctx)
+    if not info["passed"]:
+        bad = [lv for lv in info["levels"] if lv["status"] == "FAIL"]
+        raise MismatchError(
+            "; ".join(
+                f"{lv['level']}: {lv['mismatching_vectors']}/{lv['vectors']} "
+                f"{lv['extra'].get('unit', 'vectors')} differ, "
+                f"first divergent layer {lv['first_divergent_layer']}"
+                for lv in bad
+            )
+            + f" (see {ctx.run.file('verify.json')})"
+        )
+    return info
+
+
+def verify_run(
+    run_dir: str | Path,
+    *,
+    n_random: int | None = None,
+    progress: bool = False,
+    rtl_cache: bool = True,
+) -> dict[str, Any]:
+    """Verify a run folder's artifacts as they are on disk; return ``verify.json``'s content.
+
+    The library form of ``edgeml verify --out RUN`` for tools that want the
+    result rather than an exit code (mutation testing): it never raises on a
+    mismatch, only on user errors (missing or corrupt artifacts).
+    """
+    from edgeml.config import apply_overrides, validate_config
+
+    run = RunFolder(Path(run_dir))
+    cfg = validate_config(read_json(run.require("config.json")))
+    if n_random is not None:
+        cfg = apply_overrides(cfg, {"verify.n_random": n_random})
+    ctx = Context(run=run, cfg=cfg, progress=progress)
+    return verify_artifacts(ctx, rtl_cache=rtl_cache)
+
+
+def verify_artifacts(ctx: Context, *, rtl_cache: bool = True) -> dict[str, Any]:
+    """Compare every level, built from the files on disk, with the golden model; write verify.json.
+
+    Nothing is regenerated in the run folder. The oracle is the golden model
+    compiled from the run's ``model.qonnx.onnx``. Levels: the shipped golden IR
+    (``golden.npz``); the hls4ml weight headers (what Vitis compiles) against the
+    ``.txt`` files C-sim loads, element for element; hls4ml C-sim, recompiled when
+    its sources changed; the shipped Verilog built by Verilator as it is; the
+    trained model. Files whose SHA-256 differs from the manifest are listed under
+    ``drift``: a drifted design that still matches PASSes with the drift named.
+    """
     from edgeml import verify as V
 
     t0 = time.time()
+    drift = ctx.run.drift()
+    for d in drift:
+        log.warning(
+            "verify: %s changed since the %s stage wrote it (sha256 %s..., recorded %s...)",
+            d["file"],
+            d["stage"],
+            d["actual"][:12],
+            d["recorded"][:12],
+        )
     g = ctx.golden()
     x, counts = _verify_inputs(ctx)
     t1 = time.perf_counter()
     ref = g.predict(x)
     golden_s = time.perf_counter() - t1
-    levels: list[V.LevelResult] = []
+    levels: list[V.LevelResult] = [_golden_ir_level(ctx, g, x, ref)]
 
     hls_error = None
     if ctx.cfg.hls.enabled and ctx.run.file("hls.json").exists():
@@ -389,22 +534,25 @@ def stage_verify(ctx: Context) -> dict[str, Any]:
         )
     elif ctx.cfg.hls.enabled:
         hls = _hls_design(ctx)
-        levels.append(
-            V.run_level(
-                "hls4ml C-sim",
-                g,
-                x,
-                ref,
-                hls.predict_int,
-                lambda xc: _hls_trace_codes(ctx, hls, xc),
-            )
+        levels.append(_header_level(ctx, hls))
+        res = V.run_level(
+            "hls4ml C-sim",
+            g,
+            x,
+            ref,
+            hls.predict_int,
+            lambda xc: _hls_trace_codes(ctx, hls, xc),
         )
+        if hls.rebuilt_because:
+            res.note = f"C-sim recompiled: {hls.rebuilt_because}"
+        levels.append(res)
     else:
         levels.append(V.skipped("hls4ml C-sim", "disabled in config"))
 
+    rtl_changes: list[dict[str, Any]] = []
     if ctx.cfg.rtl.enabled:
-        rtl = _rtl_design(ctx)
-        levels.append(V.run_level("RTL (Verilator)", g, x, ref, rtl.predict_int, rtl.trace_int))
+        lv, rtl_changes = _shipped_rtl_level(ctx, g, x, ref, rtl_cache)
+        levels.append(lv)
     else:
         levels.append(V.skipped("RTL (Verilator)", "disabled in config"))
 
@@ -419,6 +567,8 @@ def stage_verify(ctx: Context) -> dict[str, Any]:
         "sources": counts,
         "golden_vectors_per_s": round(len(x) / max(golden_s, 1e-9), 1),
         "levels": [lv.to_dict() for lv in levels],
+        "drift": drift,
+        "rtl_source_changes": rtl_changes,
         "approximations": g.notes,
         "passed": ok,
     }
@@ -442,17 +592,187 @@ def stage_verify(ctx: Context) -> dict[str, Any]:
             if lv.first_divergent_layer
             else "",
         )
-    if not ok:
-        bad = [lv for lv in levels if lv.status == "FAIL"]
-        raise MismatchError(
-            "; ".join(
-                f"{lv.level}: {lv.mismatching_vectors}/{lv.vectors} vectors differ, first divergent layer "
-                f"{lv.first_divergent_layer}"
-                for lv in bad
-            )
-            + f" (see {ctx.run.file('verify.json')})"
-        )
     return info
+
+
+def _op_label(g: GoldenModel, name: str) -> str | None:
+    """``"MatMul_1 (dense)"`` for a golden op, or an hls4ml layer named after one (``Dense_MatMul_1``)."""
+    for op in g.ops:
+        if name == op.name or name.endswith("_" + op.name):
+            return f"{op.name} ({op.kind})"
+    return None
+
+
+def _golden_ir_level(ctx: Context, g: GoldenModel, x: np.ndarray, ref: np.ndarray) -> Any:
+    """The shipped golden IR (``golden.npz``) run on the vectors, against the QONNX's golden model."""
+    from edgeml import verify as V
+
+    path = ctx.run.file(GOLDEN_IR)
+    level = f"golden IR ({GOLDEN_IR})"
+    if not path.exists():
+        return V.skipped(level, f"no {GOLDEN_IR} in the run folder (re-run `edgeml export`)")
+    ir = GoldenModel.load(path)
+    if [(op.name, op.kind) for op in ir.ops] != [(op.name, op.kind) for op in g.ops]:
+        res = V.LevelResult(level, len(x), len(x), 0, 0, status="FAIL")
+        res.note = "its ops differ from the model.qonnx.onnx's (another model's IR)"
+        res.first_divergent_layer = "graph structure"
+        return res
+    try:
+        res = V.run_level(level, g, x, ref, ir.predict, lambda xc: ir.run(xc, trace=True)[1])
+    except (ValueError, TypeError, IndexError, AttributeError, ArithmeticError) as exc:
+        # an IR that loads but cannot execute (a damaged constant's shape or type) fails
+        res = V.LevelResult(level, len(x), len(x), 0, 0, status="FAIL")
+        res.note = f"the golden IR does not run: {type(exc).__name__}: {exc}"
+    mine, theirs = g.constants(), ir.constants()
+    changed = []
+    for key in mine:
+        a, b = mine[key], theirs.get(key)
+        if b is None or a.shape != b.shape or not np.array_equal(a, b):
+            where = ""
+            if b is not None and a.shape == b.shape:
+                idx = np.argwhere(a != b)
+                where = f"[{', '.join(map(str, idx[0]))}]" if idx.size else ""
+            changed.append(f"{key}{where}")
+    if changed:
+        res.extra["changed_constants"] = changed
+        if res.passed:
+            res.note = (
+                f"constants differ from what the QONNX compiles to ({', '.join(changed[:5])}) "
+                "but no output changes on these vectors"
+            )
+        elif res.first_divergent_layer and res.first_divergent_layer.startswith("output"):
+            op = changed[0].split(".")[0]
+            res.first_divergent_layer = _op_label(g, op) or res.first_divergent_layer
+    return res
+
+
+def _header_level(ctx: Context, hls: Any) -> Any:
+    """Every weights header array (what Vitis synthesises) equals the .txt that C-sim loads."""
+    from edgeml import verify as V
+    from edgeml.hls import check_weight_headers
+
+    t0 = time.perf_counter()
+    n, bad = check_weight_headers(hls.project_dir, hls.name)
+    res = V.LevelResult(
+        "hls4ml weight headers",
+        n,
+        len(bad),
+        len(bad),
+        0,
+        status="FAIL" if bad else "PASS",
+        seconds=time.perf_counter() - t0,
+        note=f"{n} header elements equal the .txt values C-sim loads"
+        if not bad
+        else "; ".join(b.describe() for b in bad[:5]),
+    )
+    res.extra["unit"] = "elements"
+    if bad:
+        g = ctx.golden()
+        res.first_divergent_layer = _op_label(g, bad[0].layer) or bad[0].layer
+        res.first_mismatch_vector = None
+        res.extra["mismatches"] = [dataclasses.asdict(b) for b in bad[:100]]
+    return res
+
+
+def _source_changes(shipped: Path, generated: Path, prefix: str) -> list[dict[str, Any]]:
+    """Files under ``shipped`` that differ from ``generated``, each with its first differing line."""
+    rels = {p.relative_to(shipped) for p in shipped.rglob("*") if p.is_file()}
+    rels |= {p.relative_to(generated) for p in generated.rglob("*") if p.is_file()}
+    out: list[dict[str, Any]] = []
+    for rel in sorted(rels):
+        a, b = shipped / rel, generated / rel
+        name = f"{prefix}/{rel}"
+        if not a.is_file() or not b.is_file():
+            out.append({"file": name, "change": "missing" if not a.is_file() else "added"})
+            continue
+        ta, tb = a.read_bytes(), b.read_bytes()
+        if ta == tb:
+            continue
+        la = ta.decode(errors="replace").splitlines()
+        lb = tb.decode(errors="replace").splitlines()
+        i = next(
+            (k for k, (u, v) in enumerate(zip(la, lb, strict=False)) if u != v),
+            min(len(la), len(lb)),
+        )
+        out.append(
+            {
+                "file": name,
+                "change": "edited",
+                "line": i + 1,
+                "shipped": la[i].strip()[:160] if i < len(la) else "<end of file>",
+                "generated": lb[i].strip()[:160] if i < len(lb) else "<end of file>",
+            }
+        )
+    return out
+
+
+def _shipped_rtl_level(
+    ctx: Context, g: GoldenModel, x: np.ndarray, ref: np.ndarray, rtl_cache: bool
+) -> tuple[Any, list[dict[str, Any]]]:
+    """Build the Verilog that ships (``rtl/src``) as it is, run it, and compare.
+
+    The golden model's own Verilog is generated into a temporary folder beside
+    it, never over it: identical sources mean the da4ml trace of the golden
+    model names any divergent layer; edited sources are listed (file, line, the
+    shipped and the generated text) and an edit that changes outputs is named
+    by its file and line.
+    """
+    from edgeml import verify as V
+    from edgeml.rtl import RtlBuildError, RtlDesign, generate_rtl
+
+    shipped = RtlDesign.load(ctx.run.require("rtl/edgeml_rtl.json").parent)
+    with tempfile.TemporaryDirectory(prefix="edgeml_rtl_ref_") as tmp:
+        regen = generate_rtl(
+            g,
+            Path(tmp),
+            shipped.name,
+            pipelined=shipped.pipelined,
+            latency_cutoff=shipped.latency_cutoff,
+        )
+        changes = _source_changes(shipped.src_dir, regen.src_dir, "rtl/src")
+    edited = [c for c in changes if c["change"] == "edited"]
+    try:
+        shipped.build(use_cache=rtl_cache)
+    except RtlBuildError as exc:
+        res = V.LevelResult("RTL (Verilator)", len(x), len(x), 0, 0, status="FAIL")
+        res.note = f"the shipped Verilog does not build: {str(exc)[-400:]}"
+        res.first_divergent_layer = _edit_label(edited, regen, g) or "build"
+        return res, changes
+    if not changes:
+        shipped.traced = regen.traced  # same sources: the trace names the layer
+    res = V.run_level(
+        "RTL (Verilator)", g, x, ref, shipped.predict_int, shipped.traced and shipped.trace_int
+    )
+    if changes:
+        files = ", ".join(c["file"] for c in changes)
+        res.note = f"sources differ from what the golden model generates: {files}"
+        if not res.passed:
+            res.first_divergent_layer = _edit_label(edited, regen, g) or res.first_divergent_layer
+    return res, changes
+
+
+def _edit_label(edited: list[dict[str, Any]], regen: Any, g: GoldenModel) -> str | None:
+    """Name an edit of the shipped Verilog: the golden op its wire belongs to, file and line.
+
+    Stage files come first (in pipeline order): an edit there is inside the
+    datapath, and :func:`edgeml.rtl.locate_wire` names the layer from the
+    edited line's wire.
+    """
+    from edgeml.rtl import locate_wire, stage_files
+
+    if not edited:
+        return None
+    order = [p.name for p in stage_files(regen)]
+    ranked = sorted(
+        edited,
+        key=lambda c: (
+            order.index(Path(c["file"]).name) if Path(c["file"]).name in order else 1 << 30
+        ),
+    )
+    c = ranked[0]
+    where = f"{c['file']}:{c['line']} `{c['shipped']}` (generated: `{c['generated']}`)"
+    layer = locate_wire(regen, g, c["file"], c["generated"])
+    return f"{layer} at {where}" if layer else where
 
 
 def _hls_trace_codes(ctx: Context, hls: Any, x: np.ndarray) -> dict[str, np.ndarray]:
@@ -529,18 +849,23 @@ def _qonnx_reference(ctx: Context, g: GoldenModel, x: np.ndarray, ref: np.ndarra
     )
     gv = ref.astype(np.float64) * np.asarray(g.output_scale, np.float64)
     diff = np.abs(gv.reshape(len(x), -1) - y.reshape(len(x), -1))
+    # NaN (a non-finite reference output) is a difference, never a silent match
+    differs = ~(diff == 0)
+    nan = int(np.isnan(diff).sum())
+    worst = float(np.nanmax(diff)) if diff.size and nan < diff.size else float("nan")
     agree = float(np.mean(gv.reshape(len(x), -1).argmax(1) == y.reshape(len(x), -1).argmax(1)))
     res = V.LevelResult(
         "QONNX reference (float)",
         len(x),
-        int((diff.max(axis=1) > 0).sum()),
-        int((diff > 0).sum()),
+        int(differs.any(axis=1).sum()),
+        int(differs.sum()),
         0,
-        status="PASS" if diff.max() == 0 else "APPROX",
+        status="PASS" if not differs.any() else "APPROX",
         seconds=time.perf_counter() - t0,
-        note=f"max |real diff| {diff.max():.3g}, argmax agreement {agree:.4f}",
+        note=f"max |real diff| {worst:.3g}, argmax agreement {agree:.4f}"
+        + (f"; {nan} reference outputs are NaN" if nan else ""),
     )
-    res.extra = {"max_real_diff": float(diff.max()), "argmax_agreement": agree}
+    res.extra = {"max_real_diff": worst, "argmax_agreement": agree, "nan_outputs": nan}
     return res
 
 
@@ -678,41 +1003,91 @@ STAGE_FUNCS: dict[str, Callable[[Context], dict[str, Any]]] = {
 }
 
 
-def save_config(ctx: Context) -> None:
-    write_json(ctx.run.file("config.json"), ctx.cfg.model_dump())
+def save_config(ctx: Context, cfg: FlowConfig | None = None) -> None:
+    """Write the run's ``config.json`` atomically: ``cfg``, else ``ctx.cfg``.
+
+    The CLI passes the config without its per-command switches (``--no-hls``,
+    ``--no-rtl``), so they do not stick to the run.
+    """
+    write_json(ctx.run.file("config.json"), (cfg or ctx.cfg).model_dump())
 
 
-def run_flow(ctx: Context, stages: tuple[str, ...] = STAGES) -> dict[str, Any]:
-    """Run stages in order; a verification mismatch still produces the fault campaign and report."""
-    check_design(ctx.cfg, ctx.external)
+def run_flow(
+    ctx: Context, stages: tuple[str, ...] = STAGES, *, saved_config: FlowConfig | None = None
+) -> dict[str, Any]:
+    """Run stages in order and raise the most important failure at the end.
+
+    A verification mismatch (verify, or the RTL stage's cocotb bench) does not
+    stop the flow: the fault campaign and the report are most useful exactly
+    then. Once verify has run (or a mismatch was found), a later stage's failure
+    does not stop it either: the report is still written and shows the failure.
+    At the end a mismatch is raised first (exit 3), its message naming every later
+    failure; otherwise the first failure. ``saved_config`` is what goes into
+    ``config.json`` (default ``ctx.cfg``).
+    """
+    check_options(ctx.cfg, ctx.external)  # design, bit width: before anything trains
+    unknown = [s for s in stages if s not in STAGE_FUNCS]
+    if unknown:
+        raise ConfigError(f"unknown stage(s) {unknown}; allowed: {', '.join(STAGES)}")
     ctx.run.path.mkdir(parents=True, exist_ok=True)
-    save_config(ctx)
+    save_config(ctx, saved_config)
     out: dict[str, Any] = {}
-    deferred: EdgemlError | None = None
+    mismatch: MismatchError | None = None
+    hls_error: EdgemlError | None = None
+    failures: dict[str, Exception] = {}
+    verified = False
     stage_iter = tqdm(
         stages, desc="edgeml flow", unit="stage", disable=not ctx.progress, leave=False
     )
     for s in stage_iter:
-        if s not in STAGE_FUNCS:
-            raise ConfigError(f"unknown stage {s!r}; allowed: {', '.join(STAGES)}")
         stage_iter.set_postfix_str(s)
         t0 = time.time()
         try:
             out[s] = STAGE_FUNCS[s](ctx)
         except MismatchError as exc:
-            # keep going: the fault campaign and the report are most useful exactly now
-            deferred = deferred or exc
+            mismatch = mismatch or exc
             out[s] = {"mismatch": str(exc)}
         except (UnsupportedOpError, ConfigError) as exc:
             if s != "convert":
-                raise
-            log.warning("convert: %s; continuing without the hls4ml level", exc)
-            deferred = deferred or exc
-            out[s] = {"error": str(exc)}
+                if not (verified or mismatch is not None):
+                    raise
+                _stage_failed(ctx, s, exc, failures, out)
+            else:
+                log.warning("convert: %s; continuing without the hls4ml level", exc)
+                hls_error = hls_error or exc
+                out[s] = {"error": str(exc)}
+        except Exception as exc:
+            if not (verified or mismatch is not None):
+                raise  # nothing verified yet: nothing worth reporting
+            _stage_failed(ctx, s, exc, failures, out)
+        verified = verified or s == "verify"
         out[s + "_seconds"] = round(time.time() - t0, 2)
-    if deferred is not None:
-        raise deferred
+    if mismatch is not None:
+        later = [f"the {s} stage failed ({type(e).__name__}: {e})" for s, e in failures.items()]
+        if hls_error is not None:
+            later.insert(0, f"hls4ml could not convert the graph ({hls_error})")
+        if later:
+            raise MismatchError(f"{mismatch}. Also: {'; '.join(later)}") from mismatch
+        raise mismatch
+    if failures:
+        raise next(iter(failures.values()))
+    if hls_error is not None:
+        raise hls_error
     return out
+
+
+def _stage_failed(
+    ctx: Context, stage: str, exc: Exception, failures: dict[str, Exception], out: dict[str, Any]
+) -> None:
+    """Record a stage's failure after verify ran; the report stage shows it."""
+    msg = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, EdgemlError):
+        log.error("%s stage failed: %s; continuing to the report", stage, exc)
+    else:  # a bug: keep its traceback in the log, the exit code may be the mismatch's
+        log.error("%s stage failed; continuing to the report", stage, exc_info=exc)
+    failures[stage] = exc
+    out[stage] = {"error": msg}
+    ctx.results.setdefault("stage_errors", {})[stage] = msg
 
 
 def load_run_config(run: RunFolder) -> dict[str, Any] | None:

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -345,6 +345,15 @@ class Bipolar(Op):
         return np.where(x >= 0, 1, -1).astype(np.int64)
 
 
+#: Op classes by name, for reading a saved golden IR back (:meth:`GoldenModel.load`).
+_OP_CLASSES: dict[str, type[Op]] = {
+    c.__name__: c
+    for c in (Requant, Affine, Dense, Conv, Relu, MaxPool, Reshape, Transpose, AddTensors, Bipolar)
+}
+#: Format tag of ``golden.npz``; bump when the IR's fields change.
+GOLDEN_IR_FORMAT = "edgeml-golden-ir/1"
+
+
 # --------------------------------------------------------------------------- model
 
 
@@ -474,6 +483,141 @@ class GoldenModel:
             env[op.output] = op(*(env[i] for i in op.inputs))
         return env[self.output_name]
 
+    # ---- persistence (the golden IR that ships in a run folder: golden.npz)
+    def save(self, path: str | Path) -> Path:
+        """Write the golden IR (every op, its constants and every tensor type) to one ``.npz``.
+
+        Arrays go in as arrays and everything else as one JSON header, so the
+        file holds exactly the integers the oracle computes with; :meth:`load`
+        reads it back without ONNX. Written atomically (temp file + rename).
+        """
+        import json
+        import os
+
+        path = Path(path)
+        arrays: dict[str, np.ndarray] = {}
+
+        def enc(key: str, v: Any) -> Any:
+            if isinstance(v, np.ndarray):
+                arrays[key] = v
+                return {"__array__": key}
+            if isinstance(v, FixedType):
+                return {"__fixed__": [v.signed, v.width, v.frac]}
+            if isinstance(v, tuple):
+                return {"__tuple__": [enc(f"{key}.{i}", x) for i, x in enumerate(v)]}
+            if isinstance(v, list):
+                return [enc(f"{key}.{i}", x) for i, x in enumerate(v)]
+            if isinstance(v, np.generic):  # a numpy scalar stays a (0-d) array: same arithmetic
+                arrays[key] = np.asarray(v)
+                return {"__array__": key}
+            return v
+
+        ops = []
+        for i, op in enumerate(self.ops):
+            d = {f.name: enc(f"op{i}.{f.name}", getattr(op, f.name)) for f in fields(op)}
+            ops.append({"class": type(op).__name__, "fields": d})
+        tensors = {
+            name: {
+                "shape": list(t.shape),
+                "type": enc("", t.type),
+                "scale": enc(f"tensor.{name}.scale", t.scale),
+            }
+            for name, t in self.tensors.items()
+        }
+        header = {
+            "format": GOLDEN_IR_FORMAT,
+            "ops": ops,
+            "tensors": tensors,
+            "input_name": self.input_name,
+            "output_name": self.output_name,
+            "input_shape": list(self.input_shape),
+            "input_quant": {
+                f.name: enc(f"input_quant.{f.name}", getattr(self.input_quant, f.name))
+                for f in fields(self.input_quant)
+            },
+            "input_real_scale": self.input_real_scale,
+            "source": self.source,
+            "notes": list(self.notes),
+        }
+        arrays["__header__"] = np.frombuffer(json.dumps(header).encode(), dtype=np.uint8)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> GoldenModel:
+        """Read a golden IR written by :meth:`save`; a damaged or foreign file is refused."""
+        import json
+        import zipfile
+
+        path = Path(path)
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+            header = json.loads(arrays.pop("__header__").tobytes().decode())
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile, UnicodeDecodeError) as exc:
+            raise CorruptFileError(
+                f"golden IR '{path}' cannot be read ({type(exc).__name__}: {exc}); "
+                "re-run `edgeml export` to rewrite it"
+            ) from exc
+        if not isinstance(header, dict) or header.get("format") != GOLDEN_IR_FORMAT:
+            raise CorruptFileError(
+                f"golden IR '{path}' has format {header.get('format') if isinstance(header, dict) else None!r}; "
+                f"expected {GOLDEN_IR_FORMAT!r}. Re-run `edgeml export`."
+            )
+
+        def dec(v: Any) -> Any:
+            if isinstance(v, dict):
+                if "__array__" in v:
+                    return arrays[v["__array__"]]
+                if "__fixed__" in v:
+                    return FixedType(*v["__fixed__"])
+                if "__tuple__" in v:
+                    return tuple(dec(x) for x in v["__tuple__"])
+            if isinstance(v, list):
+                return [dec(x) for x in v]
+            return v
+
+        try:
+            ops: list[Op] = []
+            for rec in header["ops"]:
+                op_cls = _OP_CLASSES[rec["class"]]
+                ops.append(op_cls(**{k: dec(v) for k, v in rec["fields"].items()}))
+            tensors = {
+                name: TensorInfo(name, tuple(t["shape"]), dec(t["type"]), dec(t["scale"]))
+                for name, t in header["tensors"].items()
+            }
+            return cls(
+                ops=ops,
+                tensors=tensors,
+                input_name=header["input_name"],
+                output_name=header["output_name"],
+                input_shape=tuple(header["input_shape"]),
+                input_quant=Requant(**{k: dec(v) for k, v in header["input_quant"].items()}),
+                input_real_scale=float(header["input_real_scale"]),
+                source=header.get("source", ""),
+                notes=list(header.get("notes", [])),
+            )
+        except (KeyError, TypeError) as exc:
+            raise CorruptFileError(
+                f"golden IR '{path}' is incomplete ({type(exc).__name__}: {exc}); re-run `edgeml export`"
+            ) from exc
+
+    def constants(self) -> dict[str, np.ndarray]:
+        """Every integer constant of the IR keyed ``<op name>.<field>`` (weights, biases, requant)."""
+        out: dict[str, np.ndarray] = {}
+        for op in self.ops:
+            for f in fields(op):
+                v = getattr(op, f.name)
+                if isinstance(v, np.ndarray | np.generic):
+                    out[f"{op.name}.{f.name}"] = np.asarray(v)
+                elif isinstance(v, int | bool) and f.name not in ("exact_vs_qonnx",):
+                    out[f"{op.name}.{f.name}"] = np.asarray(v)
+        return out
+
     def summary(self) -> str:
         lines = [f"input  {self.input_name}: {self.input_shape} {self.input_type.hls()}"]
         for op in self.ops:
@@ -491,6 +635,44 @@ class GoldenModel:
 # --------------------------------------------------------------------------- compiler
 
 LAYOUT_OPS = ("Transpose", "Reshape", "Flatten", "Identity")
+
+#: Inputs each supported op takes (min, max).
+_ARITY: dict[str, tuple[int, int]] = {
+    "Quant": (4, 4),
+    "BipolarQuant": (2, 2),
+    "Trunc": (5, 6),
+    "MatMul": (2, 2),
+    "Gemm": (2, 3),
+    "Add": (2, 2),
+    "Sub": (2, 2),
+    "Mul": (2, 2),
+    "BatchNormalization": (5, 5),
+    "Conv": (2, 3),
+    "Relu": (1, 1),
+    "MaxPool": (1, 1),
+    "Flatten": (1, 1),
+    "Reshape": (2, 2),
+    "Transpose": (1, 1),
+    "Identity": (1, 1),
+}
+#: Input positions that must be constants (quantizer parameters, BN statistics, shapes).
+_PARAMS: dict[str, tuple[int, ...]] = {
+    "Quant": (1, 2, 3),
+    "BipolarQuant": (1,),
+    "Trunc": (1, 2, 3, 4, 5),
+    "BatchNormalization": (1, 2, 3, 4),
+    "Reshape": (1,),
+}
+
+#: Largest |code| of any tensor, accumulator included: int64 arithmetic stays exact
+#: below 2**62 with room for one more add or shift.
+MAX_CODE = 1 << 62
+#: Quantizer scales edgeml accepts; trained models use about 2**-16 .. 2**8.
+SCALE_RANGE = (2.0**-64, 2.0**64)
+#: Largest shift of a requantiser or of a bias alignment (bits).
+MAX_SHIFT = 62
+#: Largest kernel, stride, dilation or padding of a Conv / MaxPool.
+MAX_WINDOW = 4096
 
 
 @dataclass
@@ -537,7 +719,7 @@ class _Compiler:
         for a in node.attribute:
             if a.name == name:
                 v = helper.get_attribute_value(a)
-                return v.decode() if isinstance(v, bytes) else v
+                return v.decode("utf-8", "replace") if isinstance(v, bytes) else v
         return default
 
     def _const(self, name: str) -> _Const | None:
@@ -547,7 +729,22 @@ class _Compiler:
         return self.alias.get(name, name)
 
     def _add_tensor(self, name: str, shape: tuple[int, ...], lo: int, hi: int, scale: Any) -> None:
+        if max(abs(int(lo)), abs(int(hi))) > MAX_CODE or any(int(d) < 1 for d in shape):
+            why = (
+                f"tensor '{name}' would have shape {shape}"
+                if any(int(d) < 1 for d in shape)
+                else f"tensor '{name}' would span codes [{int(lo)}, {int(hi)}], beyond the "
+                f"{MAX_CODE.bit_length()}-bit range edgeml's integer model holds exactly"
+            )
+            if self._at is None:
+                raise UnsupportedOpError(f"{why}; check the model's scales and bit widths")
+            raise self._unsupported(*self._at, f"{why}; check its scales, shapes and bit widths")
         scale = np.asarray(scale, dtype=np.float64)
+        if scale.size == 0 or not np.all((scale > 0) & np.isfinite(scale)):
+            why = f"tensor '{name}' would have LSB weight (scale) {scale.ravel()[:4]}"
+            if self._at is None:
+                raise UnsupportedOpError(f"{why}; scales must be positive and finite")
+            raise self._unsupported(*self._at, f"{why}; scales must be positive and finite")
         if scale.size > 1 and np.all(scale == scale.reshape(-1)[0]):
             scale = scale.reshape(-1)[:1].reshape(())
         frac = _log2_int(1.0 / float(scale.reshape(-1)[0])) if scale.size == 1 else 0
@@ -558,10 +755,61 @@ class _Compiler:
 
     # -- entry
     def compile(self) -> GoldenModel:
+        """Compile the graph; a malformed graph raises an :class:`EdgemlError` naming the node."""
+        from edgeml.errors import EdgemlError
+
+        self._at: tuple[Any, int] | None = None
+        try:
+            # A float overflow or invalid value while compiling means a constant the
+            # integer model cannot hold: raise (and name the node) instead of warning
+            # and casting garbage (INT64_MIN) into the codes.
+            with np.errstate(over="raise", invalid="raise", divide="raise"):
+                return self._compile()
+        except EdgemlError:
+            raise
+        except (
+            KeyError,
+            IndexError,
+            ValueError,
+            TypeError,
+            AttributeError,
+            ArithmeticError,
+        ) as exc:
+            # Last resort: every check above names what is wrong; this turns a case
+            # none of them foresaw (a malformed graph) into an error naming the node.
+            if self._at is None:
+                raise CorruptFileError(
+                    f"the graph of {self._source} is malformed ({type(exc).__name__}: {exc}); "
+                    "re-export the model"
+                ) from exc
+            node, idx = self._at
+            raise self._unsupported(
+                node,
+                idx,
+                f"cannot be compiled ({type(exc).__name__}: {exc}); the graph is malformed "
+                "or uses this op in a way edgeml does not handle",
+            ) from exc
+
+    @property
+    def _source(self) -> str:
+        return str(getattr(self.mw, "_edgeml_source", "") or "<in-memory model>")
+
+    def _compile(self) -> GoldenModel:
         from onnx import numpy_helper
 
+        from edgeml.export import check_graph_tensors
+
+        # NaN/Inf weights or scales, absurd shapes: refused here too, for graphs
+        # that did not come through export.load_onnx (a ModelProto or ModelWrapper).
+        check_graph_tensors(self.graph, self._source)
         for init in self.graph.initializer:
-            self.consts[init.name] = _Const(numpy_helper.to_array(init).astype(np.float64))
+            arr = np.asarray(numpy_helper.to_array(init))
+            if arr.dtype.kind not in "biuf":
+                raise UnsupportedOpError(
+                    f"initializer '{init.name}' of {self._source} has dtype {arr.dtype}; "
+                    "edgeml needs numeric (integer or float) constants"
+                )
+            self.consts[init.name] = _Const(arr.astype(np.float64))
         if len(self.graph.input) != 1 or len(self.graph.output) != 1:
             ins = [i.name for i in self.graph.input if i.name not in self.consts]
             if len(ins) != 1 or len(self.graph.output) != 1:
@@ -581,7 +829,9 @@ class _Compiler:
         self.input_shape = input_shape
 
         for idx, node in enumerate(self.graph.node):
+            self._at = (node, idx)
             self._compile_node(node, idx)
+        self._at = None
 
         if self.input_quant is None:
             raise UnsupportedOpError(
@@ -610,9 +860,29 @@ class _Compiler:
         op = node.op_type
         name = self._node_name(node, idx)
         ins = list(node.input)
-        out = node.output[0]
         if op not in SUPPORTED_OPS:
             raise self._unsupported(node, idx, "this op is not supported")
+        lo, hi = _ARITY[op]
+        if not lo <= len(ins) <= hi or len(node.output) < 1 or not node.output[0]:
+            raise self._unsupported(
+                node,
+                idx,
+                f"{len(ins)} input(s) and outputs {list(node.output)}; {op} takes "
+                f"{lo}{f'..{hi}' if hi != lo else ''} inputs and one named output",
+            )
+        out = node.output[0]
+        params = _PARAMS.get(op, ())
+        dynamic = [ins[i] for i in range(1, len(ins)) if i in params and ins[i] not in self.consts]
+        if dynamic:
+            raise self._unsupported(
+                node, idx, f"its scale / zero point / bit width inputs {dynamic} are not constants"
+            )
+        known = {self.graph_input, *self.consts, *self.tensors, *self.alias}
+        missing = [i for i in ins if i and i not in known]
+        if missing:
+            raise self._unsupported(
+                node, idx, f"input(s) {missing} are not computed by any earlier node"
+            )
 
         # constant folding: all inputs constant
         if all((i == "" or i in self.consts) for i in ins):
@@ -651,7 +921,7 @@ class _Compiler:
         if op == "BipolarQuant":
             x, scale = vals[:2]
             codes = np.where(x >= 0, 1, -1).astype(np.int64)
-            s = np.asarray(scale, np.float64)
+            s = self._bipolar_scale(node, idx, scale)
             self.consts[out] = _Const(codes * s, codes, s, FixedType(True, 2, 0), node.name)
             return
         if op in ("Identity",):
@@ -716,9 +986,16 @@ class _Compiler:
                 node, idx, f"rounding_mode {mode!r}; allowed: ROUND, {', '.join(ROUNDING_MODES)}"
             )
         s = np.asarray(scale, dtype=np.float64)
-        if np.any(s <= 0) or not np.all(np.isfinite(s)):
+        if s.size == 0 or np.any(s <= 0) or not np.all(np.isfinite(s)):
             raise self._unsupported(
                 node, idx, f"scale must be positive and finite, got {s.ravel()[:4]}"
+            )
+        if np.any(s < SCALE_RANGE[0]) or np.any(s > SCALE_RANGE[1]):
+            raise self._unsupported(
+                node,
+                idx,
+                f"scale {s.ravel()[:4]} is outside [2**-64, 2**64]; no trained quantizer has "
+                "such a scale: the model is corrupt or was exported wrongly",
             )
         return s, int(b[0]), signed, narrow, mode
 
@@ -784,7 +1061,15 @@ class _Compiler:
             self.alias[dst] = src
             return shape
         if op == "Transpose":
-            perm = tuple(int(p) for p in self._attr(node, "perm"))
+            # ONNX's default perm reverses the axes (the batch axis included)
+            perm_attr = self._attr(node, "perm")
+            perm = tuple(
+                int(p) for p in (perm_attr if perm_attr is not None else range(len(shape), -1, -1))
+            )
+            if sorted(perm) != list(range(len(shape) + 1)):
+                raise self._unsupported(
+                    node, idx, f"perm {perm} for a rank-{len(shape) + 1} tensor"
+                )
             if perm[0] != 0:
                 raise self._unsupported(node, idx, "transposing the batch axis")
             new_shape = tuple(shape[p - 1] for p in perm[1:])
@@ -800,10 +1085,20 @@ class _Compiler:
             else:
                 target = [int(v) for v in self.consts[node.input[1]].value.reshape(-1)]
                 rest = target[1:]
+                size = int(np.prod(shape))
+                # ONNX: 0 copies the input's dimension at that index, one -1 is inferred
+                if (
+                    not target
+                    or rest.count(-1) > 1
+                    or any(d < -1 or (d == 0 and i >= len(shape)) for i, d in enumerate(rest))
+                ):
+                    raise self._unsupported(node, idx, f"reshape target {target} for {shape}")
+                rest = [shape[i] if d == 0 else d for i, d in enumerate(rest)]
                 if -1 in rest:
                     known = int(np.prod([d for d in rest if d != -1]))
-                    rest[rest.index(-1)] = int(np.prod(shape)) // known
-                rest = [shape[i] if d == 0 else d for i, d in enumerate(rest)]
+                    if known <= 0 or size % known:
+                        raise self._unsupported(node, idx, f"cannot reshape {shape} to {target}")
+                    rest[rest.index(-1)] = size // known
                 new_shape = tuple(rest)
                 if int(np.prod(new_shape)) != int(np.prod(shape)):
                     raise self._unsupported(node, idx, f"cannot reshape {shape} to {target}")
@@ -847,13 +1142,45 @@ class _Compiler:
             raise self._unsupported(
                 node, idx, "NCHW MaxPool: run qonnx ConvertToChannelsLastAndClean first"
             )
-        pads4 = (pads[0], pads[1], pads[2], pads[3])
+        if len(ti.shape) != 3:
+            raise self._unsupported(node, idx, f"MaxPool of a {ti.shape} tensor (needs H, W, C)")
         h, w, c = ti.shape
-        oh = (h + pads4[0] + pads4[2] - k[0]) // st[0] + 1
-        ow = (w + pads4[1] + pads4[3] - k[1]) // st[1] + 1
+        pads4, oh, ow = self._window(node, idx, k, st, pads, h, w)
         self.ops.append(MaxPool(name, [src], out, kernel=k, strides=st, pads=pads4))  # type: ignore[arg-type]
         lo, hi = self.bounds[src]
         self._add_tensor(out, (oh, ow, c), lo, hi, ti.scale)
+
+    def _window(
+        self,
+        node: Any,
+        idx: int,
+        k: tuple[int, ...],
+        st: tuple[int, ...],
+        pads: tuple[int, ...],
+        h: int,
+        w: int,
+    ) -> tuple[tuple[int, int, int, int], int, int]:
+        """Check a 2-D window's kernel, strides and pads; return pads and output size."""
+        if len(k) != 2 or len(st) != 2 or len(pads) != 4:
+            raise self._unsupported(
+                node, idx, f"kernel {k}, strides {st}, pads {pads}: needs 2, 2 and 4 values"
+            )
+        if not all(1 <= v <= MAX_WINDOW for v in (*k, *st)) or not all(
+            0 <= p <= MAX_WINDOW for p in pads
+        ):
+            raise self._unsupported(
+                node,
+                idx,
+                f"kernel {k}, strides {st}, pads {pads}: kernels and strides must be in "
+                f"1..{MAX_WINDOW}, pads in 0..{MAX_WINDOW}",
+            )
+        oh = (h + pads[0] + pads[2] - k[0]) // st[0] + 1
+        ow = (w + pads[1] + pads[3] - k[1]) // st[1] + 1
+        if oh < 1 or ow < 1:
+            raise self._unsupported(
+                node, idx, f"kernel {k} with pads {pads} does not fit the {h}x{w} input"
+            )
+        return (pads[0], pads[1], pads[2], pads[3]), oh, ow
 
     def _op_Quant(self, node, idx, name, ins, out):
         src = self._dyn(ins[0])
@@ -871,6 +1198,22 @@ class _Compiler:
         src = self._dyn(ins[0])
         ti = self.tensors[src]
         c = [np.asarray(self.consts[i].value, np.float64) for i in ins[1:]]
+        if len(c) not in (4, 5):
+            raise self._unsupported(
+                node, idx, f"{len(ins)} inputs; Trunc takes 5 (v1) or 6 (v2) constant inputs"
+            )
+        out_sc = c[3] if len(c) == 5 else c[0]
+        for label, v in zip(("scale", "output scale"), (c[0], out_sc), strict=True):
+            if v.size == 0 or np.any(v < SCALE_RANGE[0]) or np.any(v > SCALE_RANGE[1]):
+                raise self._unsupported(
+                    node, idx, f"{label} {v.ravel()[:4]} must be positive, in [2**-64, 2**64]"
+                )
+        for label, v in zip(("input bit width", "output bit width"), (c[2], c[-1]), strict=True):
+            b = v.reshape(-1)
+            if b.size != 1 or b[0] != int(b[0]) or not 1 <= b[0] <= 32:
+                raise self._unsupported(
+                    node, idx, f"{label} must be one integer in 1..32, got {b[:4]}"
+                )
         if len(c) == 5:  # v2: scale, zeropt, in_bw, out_scale, out_bw
             scale, zp, _in_bw, out_scale, out_bw = c
             # QONNX rounds the code ratio to a power of two (Brevitas TruncIntQuant)
@@ -890,6 +1233,10 @@ class _Compiler:
         narrow = bool(self._attr(node, "narrow", 0))
         mode = str(self._attr(node, "rounding_mode", "FLOOR")).upper()
         mode = "HALF_EVEN" if mode == "ROUND" else mode
+        if mode not in ROUNDING_MODES:
+            raise self._unsupported(
+                node, idx, f"rounding_mode {mode!r}; allowed: ROUND, {', '.join(ROUNDING_MODES)}"
+            )
         if len(c) == 5:
             lo, hi = self._int_range(int(np.asarray(out_bw).reshape(-1)[0]), signed, narrow)
         else:  # v1 does not clamp
@@ -932,6 +1279,17 @@ class _Compiler:
                 )
         mult = mult.reshape(-1) if mult.size > 1 else mult.reshape(())
         plo, phi = self.bounds[src]
+        # the product codes x mult (or x << -shift) must stay exact in int64
+        widest = max(abs(plo), abs(phi)) * int(np.max(np.abs(mult))) << max(-shift, 0)
+        if abs(shift) > MAX_SHIFT or widest > MAX_CODE:
+            raise self._unsupported(
+                node,
+                idx,
+                f"requantisation factor {ratio_flat[:4]} from scale {np.ravel(ti.scale)[:4]} "
+                f"to {np.ravel(s_out)[:4]} needs a {abs(shift)}-bit shift and "
+                f"{widest.bit_length()}-bit products; edgeml allows {MAX_SHIFT}-bit shifts and "
+                f"{MAX_CODE.bit_length()}-bit products (check the scales)",
+            )
         cand = [round_shift(np.asarray(v * mult), shift, mode) for v in (plo, phi)]
         ylo = int(np.clip(min(np.min(c) for c in cand), lo, hi))
         yhi = int(np.clip(max(np.max(c) for c in cand), lo, hi))
@@ -954,9 +1312,17 @@ class _Compiler:
             raise self._unsupported(node, idx, "per-channel activation quantizer scales")
         self._add_tensor(out, ti.shape, ylo, yhi, s_out)
 
+    def _bipolar_scale(self, node: Any, idx: int, scale: Any) -> np.ndarray:
+        s = np.asarray(scale, np.float64)
+        if s.size == 0 or np.any(s < SCALE_RANGE[0]) or np.any(s > SCALE_RANGE[1]):
+            raise self._unsupported(
+                node, idx, f"scale {s.ravel()[:4]} must be positive, in [2**-64, 2**64]"
+            )
+        return s
+
     def _op_BipolarQuant(self, node, idx, name, ins, out):
         src = self._dyn(ins[0])
-        s = np.asarray(self.consts[ins[1]].value, np.float64)
+        s = self._bipolar_scale(node, idx, self.consts[ins[1]].value)
         if s.size > 1:
             raise self._unsupported(node, idx, "per-channel BipolarQuant scale")
         self.ops.append(Bipolar(name, [src], out))
@@ -1007,8 +1373,18 @@ class _Compiler:
             wtype = storage
         lshift_arr = lshift if np.any(lshift) else np.array(0, np.int64)
         op = make(lshift_arr, wtype)
-        # interval analysis on codes
+        # interval analysis on codes; first in float64, which cannot wrap around
         xlo, xhi = self.bounds[src]
+        wf = np.abs(codes.astype(np.float64).reshape(-1, cout)) * np.exp2(lshift.astype(float))
+        widest = float(wf.sum(0).max(initial=0.0)) * max(abs(xlo), abs(xhi))
+        if int(np.max(lshift, initial=0)) > MAX_SHIFT or widest > MAX_CODE:
+            raise self._unsupported(
+                node,
+                idx,
+                f"its accumulator would need about {math.log2(max(widest, 1.0)):.0f} bits "
+                f"(weight scales {ws[:4]}, channel shifts up to {int(np.max(lshift))}); edgeml's "
+                f"integer model holds {MAX_CODE.bit_length()} (check the weight scales)",
+            )
         w2 = (codes << lshift).reshape(-1, cout)
         lo_c = np.minimum(w2 * xlo, w2 * xhi).sum(0)
         hi_c = np.maximum(w2 * xlo, w2 * xhi).sum(0)
@@ -1093,14 +1469,14 @@ class _Compiler:
         pads = tuple(int(v) for v in (self._attr(node, "pads") or [0, 0, 0, 0]))
         if str(self._attr(node, "auto_pad", "NOTSET")) not in ("NOTSET", ""):
             raise self._unsupported(node, idx, "auto_pad (use explicit pads)")
+        if len(ti.shape) != 3:
+            raise self._unsupported(node, idx, f"Conv of a {ti.shape} tensor (needs H, W, C)")
         h, wd, c = ti.shape
         if c != w.shape[2]:
             raise self._unsupported(
                 node, idx, f"input channels {c} != weight channels {w.shape[2]}"
             )
-        pads4 = (pads[0], pads[1], pads[2], pads[3])
-        oh = (h + pads4[0] + pads4[2] - kh) // st[0] + 1
-        ow = (wd + pads4[1] + pads4[3] - kw) // st[1] + 1
+        pads4, oh, ow = self._window(node, idx, (kh, kw), st, pads, h, wd)
         ws = np.asarray(wscale).reshape(-1)
         tmp = out + "__conv" if len(ins) > 2 and ins[2] else out
         self._dense_common(
@@ -1184,6 +1560,14 @@ class _Compiler:
             fb = -_log2_int(float(c.scale.reshape(-1)[0]))
             fa = ti.type.frac
             f = max(fa, fb)
+            if f - min(fa, fb) > MAX_SHIFT:
+                raise self._unsupported(
+                    node,
+                    idx,
+                    f"aligning the binary points of '{src}' (2**-{fa}) and the constant "
+                    f"'{cname}' (2**-{fb}) needs a {f - min(fa, fb)}-bit shift; edgeml allows "
+                    f"{MAX_SHIFT} (check the scales)",
+                )
             codes = np.broadcast_to(c.codes.reshape(-1), (ti.shape[-1],)).astype(np.int64)
             btype = FixedType(
                 c.storage.signed if c.storage else True, c.storage.width if c.storage else 32, fb
@@ -1227,6 +1611,18 @@ class _Compiler:
         ti = self.tensors[src]
         F = self.options.affine_frac_bits
         real_mult = np.asarray(ti.scale, np.float64) * a  # value per input code
+        lo, hi = self.bounds[src]
+        widest = (np.max(np.abs(real_mult), initial=0.0) * max(abs(lo), abs(hi))) + np.max(
+            np.abs(b), initial=0.0
+        )
+        if not widest * 2.0**F < MAX_CODE:
+            raise self._unsupported(
+                node,
+                idx,
+                f"float constants {np.ravel(a)[:4]} x / + {np.ravel(b)[:4]} give values up to "
+                f"{widest:.3g}, beyond what {F} fractional bits hold in "
+                f"{MAX_CODE.bit_length()} bits (check the constants)",
+            )
         mult = np.rint(real_mult * 2.0**F).astype(np.int64)
         offset = np.rint(b * 2.0**F).astype(np.int64)
         exact = bool(np.all(mult * 2.0**-F == real_mult) and np.all(offset * 2.0**-F == b))
@@ -1238,7 +1634,6 @@ class _Compiler:
         offset = offset.reshape(-1) if offset.size > 1 else offset.reshape(())
         op = Affine(name, [src], out, mult=mult, offset=offset, exact_vs_qonnx=exact)
         self.ops.append(op)
-        lo, hi = self.bounds[src]
         c1, c2 = lo * mult + offset, hi * mult + offset
         self._add_tensor(
             out,
@@ -1278,6 +1673,10 @@ class _Compiler:
             np.asarray(self.consts[i].value, np.float64).reshape(-1) for i in ins[1:5]
         )
         eps = float(self._attr(node, "epsilon", 1e-5))
+        if not np.all(var + eps > 0):
+            raise self._unsupported(
+                node, idx, f"variance + epsilon must be positive, got {(var + eps)[:4]}"
+            )
         if (
             len(ti.shape) == 3
             and "channels_last" not in (node.domain or "")

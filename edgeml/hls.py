@@ -90,6 +90,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -312,6 +313,120 @@ def _audit_types(hls_model: Any, default_precision: str) -> None:
             )
 
 
+def sources_sha256(project_dir: Path) -> str:
+    """SHA-256 over every file g++ compiles into the C-sim library.
+
+    That is ``build_lib.sh``, the bridge and everything under ``firmware/``
+    except the libraries themselves and the ``weights/*.txt`` files (C-sim reads
+    those at run time, so they are always current). A project whose sources no
+    longer match the library's recorded hash is recompiled before it is run.
+    """
+    project_dir = Path(project_dir)
+    files = [project_dir / "build_lib.sh", *sorted(project_dir.glob("*_bridge.cpp"))]
+    for p in sorted((project_dir / "firmware").rglob("*")):
+        if (
+            p.is_file()
+            and p.suffix != ".so"
+            and not (p.parent.name == "weights" and p.suffix == ".txt")
+        ):
+            files.append(p)
+    h = hashlib.sha256()
+    for p in files:
+        if p.is_file():
+            h.update(str(p.relative_to(project_dir)).encode() + b"\0")
+            h.update(p.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+#: ``<type> <name>[<n>] = {v0, v1, ...};`` in the synthesis branch of a weights header.
+_HEADER_ARRAY = re.compile(
+    r"#else\s+(?P<type>[A-Za-z_]\w*)\s+(?P<var>[A-Za-z_]\w*)\[(?P<n>\d+)\]\s*=\s*\{(?P<body>[^}]*)\}\s*;",
+    re.S,
+)
+#: ``nnet::dense<...>(in, out, w2, b2); // Dense_MatMul_0``: which layer uses which array.
+_CALL_LINE = re.compile(r"nnet::\w+<[^;]*>\((?P<args>[^;]*)\);\s*//\s*(?P<layer>\S+)")
+
+
+@dataclass
+class HeaderMismatch:
+    """One element where a weights header (what Vitis synthesises) differs from C-sim's ``.txt``."""
+
+    file: str
+    index: int
+    header: str
+    txt: str
+    layer: str
+
+    def describe(self) -> str:
+        return (
+            f"{self.file}[{self.index}] = {self.header} in the header but {self.txt} in the .txt "
+            f"C-sim loads (layer {self.layer})"
+        )
+
+
+def array_layers(project_dir: Path, name: str) -> dict[str, str]:
+    """Weight/bias array name (``w60``) -> the hls4ml layer that uses it (``Dense_MatMul_0``)."""
+    cpp = Path(project_dir) / "firmware" / f"{name}.cpp"
+    out: dict[str, str] = {}
+    if cpp.is_file():
+        for m in _CALL_LINE.finditer(cpp.read_text(errors="replace")):
+            for arg in m.group("args").split(","):
+                out.setdefault(arg.strip(), m.group("layer"))
+    return out
+
+
+def _parse_values(text: str) -> list[str]:
+    return [t.strip() for t in text.replace("\n", " ").split(",") if t.strip()]
+
+
+def check_weight_headers(project_dir: Path, name: str) -> tuple[int, list[HeaderMismatch]]:
+    """Prove that each ``firmware/weights/*.h`` array equals the ``.txt`` C-sim loads.
+
+    Vitis compiles the ``.h`` initialisers (``#else`` branch, ``__SYNTHESIS__``);
+    C-sim leaves those arrays empty and reads ``<var>.txt`` instead, so a C-sim
+    pass says nothing about the headers unless the two are equal. Values are
+    compared as exact decimal numbers, element for element. Returns the number
+    of elements compared and every mismatch (file, index, both values, layer);
+    a header without a readable array, or a length mismatch, is a mismatch at
+    index -1.
+    """
+    wdir = Path(project_dir) / "firmware" / "weights"
+    layers = array_layers(project_dir, name)
+    compared = 0
+    bad: list[HeaderMismatch] = []
+    for h in sorted(wdir.glob("*.h")):
+        rel = str(h.relative_to(project_dir))
+        m = _HEADER_ARRAY.search(h.read_text(errors="replace"))
+        if m is None:
+            bad.append(HeaderMismatch(rel, -1, "no initialised array", "", layers.get(h.stem, "?")))
+            continue
+        var = m.group("var")
+        layer = layers.get(var, "?")
+        hv = _parse_values(m.group("body"))
+        txt = wdir / f"{var}.txt"
+        tv = _parse_values(txt.read_text(errors="replace")) if txt.is_file() else []
+        if len(hv) != int(m.group("n")) or len(hv) != len(tv):
+            bad.append(
+                HeaderMismatch(
+                    rel,
+                    -1,
+                    f"{len(hv)} values (declared {m.group('n')})",
+                    f"{len(tv)} values",
+                    layer,
+                )
+            )
+            continue
+        for i, (a, b) in enumerate(zip(hv, tv, strict=True)):
+            try:
+                same = a == b or Fraction(a) == Fraction(b)
+            except (ValueError, ZeroDivisionError):
+                same = False
+            if not same:
+                bad.append(HeaderMismatch(rel, i, a, b, layer))
+        compared += len(hv)
+    return compared, bad
+
+
 # --------------------------------------------------------------------------- design
 
 
@@ -348,6 +463,8 @@ class HlsDesign:
     traced: list[TracedLayer] = field(default_factory=list)
     output_layer: str = ""
     compile_seconds: float = 0.0
+    #: why :meth:`load` recompiled the C-sim library ("" when it did not)
+    rebuilt_because: str = field(default="", init=False)
     _lib: Any = field(default=None, init=False, repr=False)
     _fn: Any = field(default=None, init=False, repr=False)
 
@@ -389,17 +506,30 @@ class HlsDesign:
                 f"{meta_path} is not valid edgeml hls metadata ({exc}); re-run the hls stage."
             ) from exc
         built_in = meta.get("compiled_in")
+        sources = sources_sha256(project_dir)
+        design.rebuilt_because = ""
         if built_in != str(project_dir.resolve()) or not design.lib_path.is_file():
             # build_lib.sh bakes the absolute firmware/weights path into the .so, and
             # C-sim calls exit(1) when a weights file is missing: rebuild after a move.
-            design._rebuild(meta, meta_path)
+            design.rebuilt_because = "project moved or library missing"
+        elif meta.get("sources_sha256") != sources:
+            # the firmware on disk is what is checked: an edited source means a new library
+            design.rebuilt_because = "firmware sources changed since the C-sim library was built"
+        if design.rebuilt_because:
+            design._rebuild(meta, meta_path, sources)
         design._open()
         return design
 
-    def _rebuild(self, meta: dict[str, Any], meta_path: Path) -> None:
-        """Re-run hls4ml's build_lib.sh (g++) in place and record the new location."""
+    def _rebuild(self, meta: dict[str, Any], meta_path: Path, sources: str) -> None:
+        """Re-run hls4ml's build_lib.sh (g++) in place and record the new location and sources.
+
+        The new library is also copied under a name with the sources' hash, and
+        that copy is what is loaded: ``dlopen`` returns an already loaded
+        library by path, so reusing the old name in one process would run the
+        old code.
+        """
         _require_gxx()
-        logger.info("recompiling C-sim of %s (project moved or library missing)", self.project_dir)
+        logger.info("recompiling C-sim of %s (%s)", self.project_dir, self.rebuilt_because)
         t0 = time.perf_counter()
         proc = subprocess.run(
             ["bash", "build_lib.sh"],
@@ -412,7 +542,11 @@ class HlsDesign:
             tail = (proc.stdout + proc.stderr)[-2000:]
             raise EdgemlError(f"build_lib.sh failed in {self.project_dir}:\n{tail}")
         self.compile_seconds = time.perf_counter() - t0
+        unique = self.lib_path.with_name(f"{self.lib_path.stem}-{sources[:12]}.so")
+        shutil.copy2(self.lib_path, unique)
+        self.lib_path = unique
         meta["compiled_in"] = str(self.project_dir.resolve())
+        meta["sources_sha256"] = sources
         meta_path.write_text(json.dumps(meta, indent=2))
 
     def _open(self) -> None:
@@ -793,6 +927,7 @@ def convert_hls(
         "layer_types": {k: _fixed_to_json(v) for k, v in (layer_types or {}).items()},
         "compile_seconds": compile_seconds,
         "compiled_in": str(project_dir.resolve()),
+        "sources_sha256": sources_sha256(project_dir),
         "hls4ml_version": hls4ml.__version__,
         "python": sys.version.split()[0],
     }

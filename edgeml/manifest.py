@@ -122,12 +122,7 @@ class RunFolder:
         data = self.read_manifest()
 
         def hashes(paths: list[Path]) -> dict[str, str]:
-            out = {}
-            for p in paths:
-                p = Path(p)
-                if p.is_file():
-                    out[_rel(p, self.path)] = sha256(p)
-            return out
+            return {_rel(p, self.path): sha256(p) for p in map(Path, paths) if p.is_file()}
 
         data["stages"][stage] = {
             "inputs": hashes(inputs),
@@ -144,12 +139,35 @@ class RunFolder:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
         os.replace(tmp, self.manifest_path)
 
+    def drift(self) -> list[dict[str, str]]:
+        """Files a stage wrote whose bytes on disk differ from the SHA-256 it recorded.
+
+        One entry per changed or missing file: ``file`` (as recorded, relative
+        to the run folder), ``stage``, ``recorded`` and ``actual`` (``"missing"``
+        when the file is gone). A file several stages list is checked against
+        the latest stage that wrote it.
+        """
+        latest: dict[str, tuple[str, str]] = {}
+        stages = self.read_manifest()["stages"]
+        for stage in sorted(stages, key=lambda s: stages[s].get("started", "")):
+            for rel, digest in stages[stage].get("outputs", {}).items():
+                latest[rel] = (stage, digest)
+        out = []
+        for rel, (stage, digest) in sorted(latest.items()):
+            p = self.path / rel
+            actual = sha256(p) if p.is_file() else "missing"
+            if actual != digest:
+                out.append({"file": rel, "stage": stage, "recorded": digest, "actual": actual})
+        return out
+
+    def recorded_hash(self, stage: str, rel: str, kind: str = "outputs") -> str | None:
+        """The SHA-256 a stage recorded for a file (``rel`` as recorded), or None."""
+        return self.read_manifest()["stages"].get(stage, {}).get(kind, {}).get(rel)
+
 
 def _rel(p: Path, base: Path) -> str:
-    try:
-        return str(p.resolve().relative_to(base.resolve()))
-    except ValueError:
-        return str(p)
+    """``p`` relative to ``base`` (``../`` allowed), so a manifest survives moving the tree."""
+    return os.path.relpath(Path(p).resolve(), Path(base).resolve())
 
 
 def write_json(path: Path, data: Any) -> Path:

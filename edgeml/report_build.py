@@ -52,7 +52,12 @@ def build_report(ctx: Context) -> Path:
 
     rows: list[BitExactRow] = []
     throughput: list[ThroughputRow] = []
-    notes: list[str] = []
+    # stages of this flow run that failed after verify (edgeml.flow.run_flow keeps going)
+    notes: list[str] = [
+        f"FAILED: the {stage} stage of this run failed ({msg}); any {stage} results shown "
+        "below are from an earlier run."
+        for stage, msg in ctx.results.get("stage_errors", {}).items()
+    ]
     if verify:
         n = verify["vectors"]
         src = ", ".join(f"{k}: {v}" for k, v in verify.get("sources", {}).items())
@@ -77,6 +82,11 @@ def build_report(ctx: Context) -> Path:
                 throughput.append(ThroughputRow(lv["level"], lv["vectors"], lv["seconds"]))
         for a in verify.get("approximations", []):
             notes.append(f"Fixed-point approximation: {a}")
+        for d in verify.get("drift", []):
+            notes.append(
+                f"CHANGED since the {d['stage']} stage wrote it: {d['file']} (verify checked the "
+                "file as it is on disk; see the table above for whether it still matches)."
+            )
     cocotb = rtl.get("cocotb")
     if cocotb:
         throughput.append(

@@ -465,6 +465,8 @@ class RtlDesign:
     cost_luts: float
     verilog_hash: str = ""
     traced: TracedGolden | None = field(default=None, repr=False, compare=False)
+    #: da4ml's program the Verilog is written from (Pipeline or CombLogic); not saved
+    solution: Any = field(default=None, repr=False, compare=False)
     _lib: Any = field(default=None, repr=False, compare=False)
 
     # ---- files
@@ -516,7 +518,7 @@ class RtlDesign:
 
     # ---- persistence
     def save(self) -> Path:
-        skip = ("traced", "_lib")
+        skip = ("traced", "solution", "_lib")
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in skip}
         d["out_dir"] = str(self.out_dir)
         d["input_type"] = asdict(self.input_type)
@@ -819,6 +821,7 @@ def generate_rtl(
         latency_cutoff=float(model._latency_cutoff),
         cost_luts=float(sol.cost),
         traced=traced,
+        solution=sol,
     )
     design.verilog_hash = design.compute_hash()
     design.save()
@@ -832,3 +835,119 @@ def generate_rtl(
         round(design.cost_luts),
     )
     return design
+
+
+# --------------------------------------------------------------------------- wires -> layers
+
+_WIRE = re.compile(r"\bv(\d+)\b")
+
+
+def stage_files(design: RtlDesign) -> list[Path]:
+    """The Verilog file of each da4ml stage, in order (one file when combinational)."""
+    if design.pipelined:
+        return [design.src_dir / f"{design.name}_stage{k}.v" for k in range(design.latency)]
+    return [design.src_dir / f"{design.name}.v"]
+
+
+def wire_layers(
+    design: RtlDesign, g: GoldenModel, n_vectors: int = 24, seed: int = 0
+) -> list[list[str]]:
+    """The golden op each wire ``v<i>`` of each stage file computes part of, e.g. ``"MatMul_1 (dense)"``.
+
+    da4ml's netlist carries no layer names, so they are recovered from values:
+    every wire of the (freshly generated) da4ml program is evaluated on random
+    input codes with da4ml's own interpreter, and a wire whose values equal one
+    golden tensor's element up to da4ml's power-of-two scaling and sign *is*
+    that element (constant wires are never matched). Other wires (partial sums,
+    rounding terms) belong to the op that consumes the latest complete tensor
+    among their operands. Returns, per stage, one label per wire index.
+    """
+    from da4ml.types import Pipeline
+
+    sol = design.solution
+    if sol is None:
+        raise EdgemlError("wire_layers needs a design from generate_rtl (its da4ml program)")
+    stages = list(sol.solutions) if isinstance(sol, Pipeline) else [sol]
+    q = g.input_quant
+    x = np.random.default_rng(seed).integers(
+        max(q.lo, g.input_type.qmin),
+        min(q.hi, g.input_type.qmax) + 1,
+        size=(n_vectors, *g.input_shape),
+    )
+    _, trace = g.run(x, trace=True)
+
+    def key(v: np.ndarray) -> tuple[float, ...] | None:
+        nz = np.flatnonzero(v)
+        if len(nz) == 0 or np.all(v == v[0]):
+            return None  # constants say nothing about where a wire belongs
+        return tuple((v / v[nz[0]]).tolist())
+
+    producer: dict[tuple[float, ...], int] = {}
+    inp = np.asarray(x, np.float64).reshape(n_vectors, -1)
+    for j in range(inp.shape[1]):
+        k = key(inp[:, j])
+        if k is not None:
+            producer.setdefault(k, -1)
+    for i, op in enumerate(g.ops):
+        t = np.asarray(trace[op.output], np.float64).reshape(n_vectors, -1)
+        for j in range(t.shape[1]):
+            k = key(t[:, j])
+            if k is not None:
+                producer.setdefault(k, i)
+
+    def consumer(i: int) -> int:
+        """First golden op that computes with op ``i``'s tensor (the graph input for -1).
+
+        Layout ops (reshape, transpose) only rename elements, so the search goes on
+        through them to the op that really consumes the values.
+        """
+        name = g.input_name if i < 0 else g.ops[i].output
+        for j in range(i + 1, len(g.ops)):
+            if name in g.ops[j].inputs:
+                if g.ops[j].kind in ("reshape", "transpose"):
+                    name = g.ops[j].output
+                    continue
+                return j
+        return min(max(i, 0), len(g.ops) - 1)
+
+    labels: list[list[str]] = []
+    cur = [row for row in inp]
+    prev: list[tuple[int, bool]] = [(-1, True)] * inp.shape[1]  # (op index, complete tensor?)
+    for st in stages:
+        bufs = [st(v, dump=True) for v in cur]
+        vals = np.array([[float(b) for b in buf] for buf in bufs]).T  # (n_ops, n_vectors)
+        info: list[tuple[int, bool]] = []
+        for i, op in enumerate(st.ops):
+            k = key(vals[i])
+            if k is not None and k in producer:
+                info.append((producer[k], True))
+                continue
+            if op.opcode == -1:  # a register from the previous stage (or the input port)
+                info.append(prev[op.id0])
+                continue
+            operands = [op.id0] if op.id0 >= 0 else []
+            if op.opcode in (0, 1, 7, 10, 6, -6) and op.id1 >= 0:
+                operands.append(op.id1)
+            if op.opcode in (6, -6):
+                operands.append(op.data & 0xFFFFFFFF)
+            cands = [consumer(info[o][0]) if info[o][1] else info[o][0] for o in operands]
+            info.append((max(cands), False) if cands else (0, False))
+        labels.append(
+            [f"{g.ops[i].name} ({g.ops[i].kind})" if i >= 0 else "input" for i, _ in info]
+        )
+        prev = [info[o] if o >= 0 else (0, False) for o in st.out_idxs]
+        cur = [np.asarray(st(v), np.float64) for v in cur]
+    return labels
+
+
+def locate_wire(design: RtlDesign, g: GoldenModel, file: str, line: str) -> str | None:
+    """The golden op that the wire on ``line`` of a stage ``file`` belongs to, if it names one."""
+    names = [p.name for p in stage_files(design)]
+    m = _WIRE.search(line)
+    if Path(file).name not in names or m is None:
+        return None
+    stage, wire = names.index(Path(file).name), int(m.group(1))
+    layers = wire_layers(design, g)
+    if stage < len(layers) and wire < len(layers[stage]):
+        return layers[stage][wire]
+    return None

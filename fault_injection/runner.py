@@ -50,7 +50,7 @@ from edgeml.errors import ConfigError, DependencyError
 from .campaign import ENGINE_VERSION, Campaign, run_campaign
 from .samplers import statistical_sample
 from .sites import FaultSite, enumerate_sites
-from .store import FaultStore, StoredResults, fault_id, samples_sha256
+from .store import FaultStore, StoredResults, fault_id, remove_if_empty, samples_sha256
 
 if TYPE_CHECKING:
     from edgeml.golden import GoldenModel
@@ -455,7 +455,8 @@ def run_store_campaign(
     workers = default_workers() if workers is None else workers
     _check_run_args(chunk, workers, sdc)
     store = Path(store)
-    if store.exists() and not resume:
+    # a store without a single result (its run failed before the first chunk) is started again
+    if store.exists() and not resume and not remove_if_empty(store):
         raise ConfigError(
             f"fault store '{store}' already exists; pass --resume to continue its campaign, "
             "or choose another --store (or delete it) to start over"
@@ -860,7 +861,8 @@ def faults_run(
     if sdc not in ("auto", *SDC_MODES):
         raise ConfigError(f"sdc must be one of auto, {', '.join(SDC_MODES)}; got {sdc!r}")
     store = Path(store) if store is not None else default_store(run_dir)
-    if store.exists() and not resume:
+    # a store without a single result (its run failed before the first chunk) is started again
+    if store.exists() and not resume and not remove_if_empty(store):
         raise ConfigError(
             f"fault store '{store}' already exists; add --resume to continue its campaign, "
             "or pass another --store (or delete it) to start a new one"

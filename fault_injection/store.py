@@ -604,6 +604,30 @@ class FaultStore:
         self.close()
 
 
+def remove_if_empty(path: str | Path) -> bool:
+    """Delete the store at ``path`` if it holds no result row; return whether it did.
+
+    A campaign that failed before its first chunk was committed (a crash in the
+    engine, a Dask cluster that never started, Ctrl-C) leaves a store with its
+    config and plan but no results: nothing is lost by starting it again, possibly
+    with other settings. The store must be a readable edgeml store
+    (:class:`CorruptFileError` otherwise) and no other run may be writing it
+    (:class:`ConfigError`); a store with any result row is kept.
+    """
+    path = Path(path)
+    with FaultStore.open(path) as st:
+        st.lock_for_writing()
+        if st.count() > 0:
+            return False
+        st._conn.close()  # closes before the files go; the lock is held until st.close()
+        for p in (Path(f"{path}-wal"), Path(f"{path}-shm"), path):
+            p.unlink(missing_ok=True)
+    log.info(
+        "fault store %s held no results (its run stopped before the first chunk); removed", path
+    )
+    return True
+
+
 def _is_nan(v: Any) -> bool:
     return isinstance(v, float) and math.isnan(v)
 

@@ -22,6 +22,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.hls, pytest.mark.rtl]
 @pytest.fixture(scope="session", params=["mlp", "cnn"])
 def flow_run(request, tmp_path_factory) -> tuple[str, Path, Path]:
     design = request.param
+    if design == "mlp":  # the session's shared run (tests/conftest.py)
+        out, hls = request.getfixturevalue("mlp_flow_run")
+        return design, out, hls
     root = tmp_path_factory.mktemp(f"flow-{design}")
     out, hls = root / "run", root / "hls"
     code = main(["flow", "--design", design, "--out", str(out), "--hls-dir", str(hls), "-q"])
@@ -46,6 +49,12 @@ def test_zero_mismatches_every_level(flow_run):
         assert lv["mismatching_vectors"] == 0 and lv["mismatching_elements"] == 0
         assert lv["max_abs_diff_lsb"] == 0
     assert levels["trained Brevitas model"]["extra"]["off_grid_outputs"] == 0
+    # the shipped golden IR and the hls4ml headers Vitis compiles are checked too
+    assert levels["golden IR (golden.npz)"]["status"] == "PASS"
+    assert levels["golden IR (golden.npz)"]["mismatching_vectors"] == 0
+    headers = levels["hls4ml weight headers"]
+    assert headers["status"] == "PASS" and headers["vectors"] > 500  # elements compared
+    assert v["drift"] == [] and v["rtl_source_changes"] == []
 
 
 def test_flow_artifacts_and_metrics(flow_run):
@@ -63,7 +72,9 @@ def test_flow_artifacts_and_metrics(flow_run):
     }
     comp = json.loads((out / "compress.json").read_text())
     assert comp["pruned_accuracy"] > 0.9 and abs(comp["sparsity"] - 0.5) < 0.01
-    assert (hls / design / "build_prj.tcl").is_file() and (hls / design / "firmware").is_dir()
+    project = out / json.loads((out / "hls.json").read_text())["project_dir"]
+    assert project.resolve().parent == hls.resolve() and project.name.startswith(design + "_")
+    assert (project / "build_prj.tcl").is_file() and (project / "firmware").is_dir()
     rtl = json.loads((out / "rtl.json").read_text())
     assert rtl["cocotb"]["mismatches"] == 0 and rtl["cocotb"]["vectors"] >= 100
     g = GoldenModel.from_onnx(out / "model.qonnx.onnx")

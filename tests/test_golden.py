@@ -177,3 +177,35 @@ def test_power_of_two_mul_moves_binary_point_only(tmp_path):
     g = GoldenModel.from_onnx(m)
     assert g.notes == [] and all(op.exact_vs_qonnx for op in g.ops)
     _check_exact(g, m, 300)
+
+
+@pytest.mark.parametrize("builder", ["mlp_pot", "cnn_nchw", "bn_float_scales", "bipolar_trunc"])
+def test_golden_ir_round_trips_exactly(builder, tmp_path):
+    """golden.npz holds the oracle's integers: every constant, type and output survives save/load."""
+    import qonnx_builders as qb
+
+    from edgeml.export import clean_qonnx
+
+    g = GoldenModel.from_onnx(clean_qonnx(getattr(qb, builder)(np.random.default_rng(3))))
+    h = GoldenModel.load(g.save(tmp_path / "golden.npz"))
+    assert h.summary() == g.summary() and h.notes == g.notes
+    a, b = g.constants(), h.constants()
+    assert a.keys() == b.keys() and len(a) > 0
+    for k in a:
+        assert np.array_equal(a[k], b[k]) and a[k].dtype == b[k].dtype, k
+    q = g.input_quant
+    x = np.random.default_rng(0).integers(q.lo, q.hi + 1, size=(3000, *g.input_shape))
+    assert np.array_equal(g.predict(x), h.predict(x))
+    assert [t.type for t in g.tensors.values()] == [t.type for t in h.tensors.values()]
+
+
+def test_damaged_golden_ir_is_refused(tmp_path):
+    import qonnx_builders as qb
+
+    from edgeml.errors import CorruptFileError
+
+    g = GoldenModel.from_onnx(qb.mlp_pot(np.random.default_rng(3)))
+    p = g.save(tmp_path / "golden.npz")
+    p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+    with pytest.raises(CorruptFileError, match=r"golden IR .* cannot be read"):
+        GoldenModel.load(p)
