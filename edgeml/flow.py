@@ -391,7 +391,7 @@ def stage_rtl(ctx: Context) -> dict[str, Any]:
     if n:
         from edgeml.rtl_sim.runner import run_cocotb
 
-        x, _ = _verify_inputs(ctx, n_random=n)
+        x, _ = verify_inputs(ctx, n_random=n)
         x = x[-n:]
         res = run_cocotb(design, x, g.predict(x), ctx.run.file("rtl") / "cocotb")
         info["cocotb"] = {
@@ -440,7 +440,8 @@ def stage_rtl(ctx: Context) -> dict[str, Any]:
     return info
 
 
-def _verify_inputs(ctx: Context, n_random: int | None = None) -> tuple[np.ndarray, dict[str, int]]:
+def verify_inputs(ctx: Context, n_random: int | None = None) -> tuple[np.ndarray, dict[str, int]]:
+    """The verification vectors of a run (test set codes, random codes, corner cases) and their counts."""
     from edgeml.verify import verification_vectors
 
     g = ctx.golden()
@@ -485,14 +486,20 @@ def verify_run(
     result rather than an exit code (mutation testing): it never raises on a
     mismatch, only on user errors (missing or corrupt artifacts).
     """
+    return verify_artifacts(run_context(run_dir, n_random, progress), rtl_cache=rtl_cache)
+
+
+def run_context(
+    run_dir: str | Path, n_random: int | None = None, progress: bool = False
+) -> Context:
+    """The :class:`Context` of an existing run folder, from its saved ``config.json``."""
     from edgeml.config import apply_overrides, validate_config
 
     run = RunFolder(Path(run_dir))
     cfg = validate_config(read_json(run.require("config.json")))
     if n_random is not None:
         cfg = apply_overrides(cfg, {"verify.n_random": n_random})
-    ctx = Context(run=run, cfg=cfg, progress=progress)
-    return verify_artifacts(ctx, rtl_cache=rtl_cache)
+    return Context(run=run, cfg=cfg, progress=progress)
 
 
 def verify_artifacts(ctx: Context, *, rtl_cache: bool = True) -> dict[str, Any]:
@@ -519,7 +526,7 @@ def verify_artifacts(ctx: Context, *, rtl_cache: bool = True) -> dict[str, Any]:
             d["recorded"][:12],
         )
     g = ctx.golden()
-    x, counts = _verify_inputs(ctx)
+    x, counts = verify_inputs(ctx)
     t1 = time.perf_counter()
     ref = g.predict(x)
     golden_s = time.perf_counter() - t1
@@ -551,7 +558,7 @@ def verify_artifacts(ctx: Context, *, rtl_cache: bool = True) -> dict[str, Any]:
 
     rtl_changes: list[dict[str, Any]] = []
     if ctx.cfg.rtl.enabled:
-        lv, rtl_changes = _shipped_rtl_level(ctx, g, x, ref, rtl_cache)
+        lv, rtl_changes = _shipped_rtl_level(ctx, g, x, ref, rtl_cache, drift)
         levels.append(lv)
     else:
         levels.append(V.skipped("RTL (Verilator)", "disabled in config"))
@@ -603,6 +610,32 @@ def _op_label(g: GoldenModel, name: str) -> str | None:
     return None
 
 
+def ir_differences(g: GoldenModel, ir: GoldenModel) -> list[str]:
+    """The constants in which two golden IRs differ, ``<op>.<field>[index]`` (first index)."""
+    if [(op.name, op.kind) for op in ir.ops] != [(op.name, op.kind) for op in g.ops]:
+        return ["graph structure"]
+    mine, theirs = g.constants(), ir.constants()
+    changed = []
+    for key in mine:
+        a, b = mine[key], theirs.get(key)
+        if b is None or a.shape != b.shape or not np.array_equal(a, b):
+            where = ""
+            if b is not None and a.shape == b.shape:
+                idx = np.argwhere(a != b)
+                where = f"[{', '.join(map(str, idx[0]))}]" if idx.size else ""
+            changed.append(f"{key}{where}")
+    return changed
+
+
+def _load_ir(ctx: Context) -> GoldenModel | None:
+    """The run's saved golden IR, or None when it is absent or unreadable (its level says why)."""
+    path = ctx.run.file(GOLDEN_IR)
+    try:
+        return GoldenModel.load(path) if path.exists() else None
+    except EdgemlError:
+        return None
+
+
 def _golden_ir_level(ctx: Context, g: GoldenModel, x: np.ndarray, ref: np.ndarray) -> Any:
     """The shipped golden IR (``golden.npz``) run on the vectors, against the QONNX's golden model."""
     from edgeml import verify as V
@@ -623,16 +656,7 @@ def _golden_ir_level(ctx: Context, g: GoldenModel, x: np.ndarray, ref: np.ndarra
         # an IR that loads but cannot execute (a damaged constant's shape or type) fails
         res = V.LevelResult(level, len(x), len(x), 0, 0, status="FAIL")
         res.note = f"the golden IR does not run: {type(exc).__name__}: {exc}"
-    mine, theirs = g.constants(), ir.constants()
-    changed = []
-    for key in mine:
-        a, b = mine[key], theirs.get(key)
-        if b is None or a.shape != b.shape or not np.array_equal(a, b):
-            where = ""
-            if b is not None and a.shape == b.shape:
-                idx = np.argwhere(a != b)
-                where = f"[{', '.join(map(str, idx[0]))}]" if idx.size else ""
-            changed.append(f"{key}{where}")
+    changed = ir_differences(g, ir)
     if changed:
         res.extra["changed_constants"] = changed
         if res.passed:
@@ -707,72 +731,116 @@ def _source_changes(shipped: Path, generated: Path, prefix: str) -> list[dict[st
 
 
 def _shipped_rtl_level(
-    ctx: Context, g: GoldenModel, x: np.ndarray, ref: np.ndarray, rtl_cache: bool
+    ctx: Context,
+    g: GoldenModel,
+    x: np.ndarray,
+    ref: np.ndarray,
+    rtl_cache: bool,
+    drift: list[dict[str, str]],
 ) -> tuple[Any, list[dict[str, Any]]]:
     """Build the Verilog that ships (``rtl/src``) as it is, run it, and compare.
 
-    The golden model's own Verilog is generated into a temporary folder beside
-    it, never over it: identical sources mean the da4ml trace of the golden
-    model names any divergent layer; edited sources are listed (file, line, the
-    shipped and the generated text) and an edit that changes outputs is named
-    by its file and line.
+    What the Verilog should be is generated into a temporary folder, never over
+    it: from the golden IR the rtl stage used (``golden.npz``) and, if that
+    differs, from the golden model of the QONNX as it is now. When the shipped
+    sources equal one of them, that model's da4ml trace names any divergent
+    layer (so a changed model is named at its layer even though the Verilog is
+    untouched). When they equal neither and ``rtl/src`` drifted, the edit is
+    listed (file, line, shipped and generated text) and named by the golden op
+    its wire belongs to.
     """
     from edgeml import verify as V
     from edgeml.rtl import RtlBuildError, RtlDesign, generate_rtl
 
     shipped = RtlDesign.load(ctx.run.require("rtl/edgeml_rtl.json").parent)
+    ir = _load_ir(ctx)
+    models = [("golden.npz", ir)] if ir is not None else []
+    if ir is None or ir_differences(g, ir):
+        models.append(("the QONNX's golden model", g))
+    found = None
     with tempfile.TemporaryDirectory(prefix="edgeml_rtl_ref_") as tmp:
-        regen = generate_rtl(
-            g,
-            Path(tmp),
-            shipped.name,
-            pipelined=shipped.pipelined,
-            latency_cutoff=shipped.latency_cutoff,
-        )
-        changes = _source_changes(shipped.src_dir, regen.src_dir, "rtl/src")
+        for k, (source, model) in enumerate(models):
+            try:
+                regen = generate_rtl(
+                    model,
+                    Path(tmp) / f"ref{k}",
+                    shipped.name,
+                    pipelined=shipped.pipelined,
+                    latency_cutoff=shipped.latency_cutoff,
+                )
+            except EdgemlError as exc:  # a damaged golden.npz may not trace; its level fails
+                log.warning("verify: cannot generate the Verilog of %s: %s", source, exc)
+                continue
+            changes = _source_changes(shipped.src_dir, regen.src_dir, "rtl/src")
+            found = found or (source, model, regen, changes)  # the first: what the rtl stage used
+            if not changes:
+                found = (source, model, regen, changes)
+                break
+        source, model, regen, changes = found
+        rtl_edited = any(d["file"].startswith("rtl/") for d in drift)
+        # an edit is named by simulating both netlists (read now, while the generated one exists)
+        namer = _EditNamer(regen, shipped, model, x) if changes and rtl_edited else None
     edited = [c for c in changes if c["change"] == "edited"]
     try:
         shipped.build(use_cache=rtl_cache)
     except RtlBuildError as exc:
         res = V.LevelResult("RTL (Verilator)", len(x), len(x), 0, 0, status="FAIL")
         res.note = f"the shipped Verilog does not build: {str(exc)[-400:]}"
-        res.first_divergent_layer = _edit_label(edited, regen, g) or "build"
+        res.first_divergent_layer = (namer and namer.label(edited)) or "build"
         return res, changes
     if not changes:
-        shipped.traced = regen.traced  # same sources: the trace names the layer
+        shipped.traced = regen.traced  # the sources are that model's: its trace names the layer
     res = V.run_level(
         "RTL (Verilator)", g, x, ref, shipped.predict_int, shipped.traced and shipped.trace_int
     )
     if changes:
         files = ", ".join(c["file"] for c in changes)
-        res.note = f"sources differ from what the golden model generates: {files}"
-        if not res.passed:
-            res.first_divergent_layer = _edit_label(edited, regen, g) or res.first_divergent_layer
+        res.note = f"sources differ from what {source} generates: {files}"
+        if not res.passed and namer is not None:
+            res.first_divergent_layer = namer.label(edited) or res.first_divergent_layer
+    elif source != models[-1][0]:
+        res.note = f"the Verilog is what {source} generates; the model changed since"
     return res, changes
 
 
-def _edit_label(edited: list[dict[str, Any]], regen: Any, g: GoldenModel) -> str | None:
-    """Name an edit of the shipped Verilog: the golden op its wire belongs to, file and line.
+class _EditNamer:
+    """Names an edit of the shipped Verilog: the golden op it first changes, its file and line.
 
-    Stage files come first (in pipeline order): an edit there is inside the
-    datapath, and :func:`edgeml.rtl.locate_wire` names the layer from the
-    edited line's wire.
+    Both netlists (the generated and the shipped one) are run by
+    :class:`edgeml.netlist.NetlistSim` on verification vectors; the first golden
+    op (in graph order) whose carrying signal differs is the layer
+    (:meth:`edgeml.netlist.LayerMap.first_layer`). Where the interpreter does not
+    model a construct (multipliers, lookup tables), the edited line's wire is
+    placed by :func:`edgeml.rtl.locate_wire` instead.
     """
-    from edgeml.rtl import locate_wire, stage_files
 
-    if not edited:
-        return None
-    order = [p.name for p in stage_files(regen)]
-    ranked = sorted(
-        edited,
-        key=lambda c: (
-            order.index(Path(c["file"]).name) if Path(c["file"]).name in order else 1 << 30
-        ),
-    )
-    c = ranked[0]
-    where = f"{c['file']}:{c['line']} `{c['shipped']}` (generated: `{c['generated']}`)"
-    layer = locate_wire(regen, g, c["file"], c["generated"])
-    return f"{layer} at {where}" if layer else where
+    def __init__(self, regen: Any, shipped: Any, model: GoldenModel, x: np.ndarray) -> None:
+        from edgeml.netlist import LayerMap, NetlistSim
+
+        self.regen, self.model = regen, model
+        self.layer: str | None = None
+        try:
+            ref, got = NetlistSim.from_design(regen), NetlistSim.from_design(shipped)
+            self.layer = LayerMap(model, x, ref).first_layer(ref, got, x[:2048])
+        except EdgemlError as exc:
+            log.debug("verify: netlist simulation unavailable (%s); placing the wire", exc)
+
+    def label(self, edited: list[dict[str, Any]]) -> str | None:
+        from edgeml.rtl import locate_wire, stage_files
+
+        if not edited:
+            return self.layer
+        order = [p.name for p in stage_files(self.regen)]
+        ranked = sorted(
+            edited,
+            key=lambda c: (
+                order.index(Path(c["file"]).name) if Path(c["file"]).name in order else 1 << 30
+            ),
+        )
+        c = ranked[0]
+        where = f"{c['file']}:{c['line']} `{c['shipped']}` (generated: `{c['generated']}`)"
+        layer = self.layer or locate_wire(self.regen, self.model, c["file"], c["generated"])
+        return f"{layer} at {where}" if layer else where
 
 
 def _hls_trace_codes(ctx: Context, hls: Any, x: np.ndarray) -> dict[str, np.ndarray]:

@@ -931,7 +931,20 @@ def wire_layers(
             if op.opcode in (6, -6):
                 operands.append(op.data & 0xFFFFFFFF)
             cands = [consumer(info[o][0]) if info[o][1] else info[o][0] for o in operands]
-            info.append((max(cands), False) if cands else (0, False))
+            info.append((max(cands), False) if cands else (-2, False))  # -2: a constant
+        # a constant (a clamp bound, a rounding term) belongs to the op of its first reader
+        readers: dict[int, int] = {}
+        for i, op in enumerate(st.ops):
+            if op.opcode == -1:
+                continue
+            ids = [op.id0, op.id1] + ([op.data & 0xFFFFFFFF] if op.opcode in (6, -6) else [])
+            for o in ids:
+                if 0 <= o < i:
+                    readers.setdefault(o, i)
+        for i in reversed(range(len(info))):
+            if info[i][0] == -2:
+                r = readers.get(i)
+                info[i] = (info[r][0] if r is not None else 0, False)
         labels.append(
             [f"{g.ops[i].name} ({g.ops[i].kind})" if i >= 0 else "input" for i, _ in info]
         )

@@ -172,3 +172,35 @@ def test_project_converted_from_another_model_is_refused(run_copy, capsys):
     assert "converted from another model" in err and "edgeml convert" in err
     assert "Traceback" not in err
     assert _snapshot(run_copy) == before
+
+
+def test_changed_qonnx_is_named_at_its_layer_in_every_level(run_copy, capsys):
+    """The QONNX (the oracle) changes, the firmware does not: every level names the same layer.
+
+    The RTL is not an edit here: its sources equal what golden.npz generates, so the
+    trace of that program names the layer (not the lines where the Verilog of the
+    changed model would differ).
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    path = run_copy / "model.qonnx.onnx"
+    model = onnx.load(str(path))
+    quant_inputs = {n.input[0]: n for n in model.graph.node if n.op_type == "Quant" and n.input}
+    g = GoldenModel.load(run_copy / "golden.npz")
+    init = next(i for i in model.graph.initializer if i.name in quant_inputs and len(i.dims) == 2)
+    w = numpy_helper.to_array(init).copy()
+    k = np.unravel_index(int(np.argmax(np.abs(w))), w.shape)
+    w[k] = -w[k]
+    init.CopyFrom(numpy_helper.from_array(w, init.name))
+    onnx.save(model, str(path))
+
+    code, info, _ = _verify(run_copy, capsys)
+    assert code == EXIT_MISMATCH
+    lv = _levels(info)
+    first = f"{g.param_ops[0].name} (dense)"
+    for name in ("golden IR (golden.npz)", "hls4ml C-sim", "RTL (Verilator)"):
+        assert lv[name]["status"] == "FAIL", lv[name]
+        assert lv[name]["first_divergent_layer"] == first, (name, lv[name])
+    assert "the model changed since" in lv["RTL (Verilator)"]["note"]
+    assert [d["file"] for d in info["drift"]] == ["model.qonnx.onnx"]
