@@ -1733,22 +1733,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     print(format_summary(report))
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2, default=_json_default))
+        from edgeml.manifest import write_json
+
+        write_json(args.out, report)
         print(f"report: {args.out}")
     return 3 if report["escaped"] else 0
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.floating):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(type(o).__name__)
 
 
 if __name__ == "__main__":  # pragma: no cover

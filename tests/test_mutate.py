@@ -23,7 +23,7 @@ import pytest
 
 from edgeml import mutate as M
 from edgeml import netlist as N
-from edgeml.manifest import sha256
+from edgeml.manifest import sha256, write_json
 
 # --------------------------------------------------------------------------- unit
 
@@ -437,5 +437,5 @@ def test_report_is_json_serialisable(tmp_path):
     rs = [_result("golden", "caught", True)]
     report = {"results": [r.to_dict() for r in rs], "summary": M.summarise(rs)}
     p = tmp_path / "r.json"
-    p.write_text(json.dumps(report, default=M._json_default))
+    write_json(p, report)
     assert json.loads(p.read_text())["summary"]["golden"]["caught"] == 1
