@@ -590,11 +590,12 @@ def verify_artifacts(ctx: Context, *, rtl_cache: bool = True) -> dict[str, Any]:
     )
     for lv in levels:
         log.info(
-            "verify: %-22s %s  %d/%d vectors mismatch%s",
+            "verify: %-22s %s  %d/%d %s mismatch%s",
             lv.level,
             lv.status,
             lv.mismatching_vectors,
             lv.vectors,
+            lv.extra.get("unit", "vectors"),
             f", first divergent layer {lv.first_divergent_layer}"
             if lv.first_divergent_layer
             else "",
