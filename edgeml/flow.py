@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from edgeml.config import FlowConfig, check_options
+from edgeml.config import FlowConfig, check_options, design_identifier
 from edgeml.errors import (
     ConfigError,
     EdgemlError,
@@ -83,13 +83,11 @@ class Context:
         ``<hls root>/<identifier>_<first 8 hex of the model's SHA-256>``, so runs
         of different models never share (or overwrite) one project.
         """
-        info_path = self.run.file("hls.json")
-        if info_path.exists():
-            info = read_json(info_path)
-            if "project_dir" in info:
-                return (self.run.path / info["project_dir"]).resolve()
+        recorded = recorded_hls_project(self.run.path)
+        if recorded is not None:
+            return recorded
         digest = sha256(self.run.require("model.qonnx.onnx"))
-        return (self.hls_root / f"{_ident(self.name)}_{digest[:8]}").resolve()
+        return (self.hls_root / f"{design_identifier(self.name)}_{digest[:8]}").resolve()
 
     def golden(self) -> GoldenModel:
         if "golden" not in self.results:
@@ -267,7 +265,7 @@ def stage_convert(ctx: Context) -> dict[str, Any]:
         design = convert_hls(
             onnx_path,
             hls_dir,
-            name=_ident(ctx.name),
+            name=design_identifier(ctx.name),
             input_type=g.input_type,
             output_type=g.output_type,
             part=h.part,
@@ -296,6 +294,17 @@ def stage_convert(ctx: Context) -> dict[str, Any]:
     return info
 
 
+def recorded_hls_project(run_dir: str | Path) -> Path | None:
+    """The hls4ml project ``hls.json`` records for a run (relative to it), or None."""
+    info_path = Path(run_dir) / "hls.json"
+    if not info_path.is_file():
+        return None
+    info = read_json(info_path)
+    if not isinstance(info, dict) or "project_dir" not in info:
+        return None
+    return (Path(run_dir) / info["project_dir"]).resolve()
+
+
 def hls_shipped_files(project_dir: Path) -> list[Path]:
     """The files of an hls4ml project that a user takes to Vitis (and C-sim compiles).
 
@@ -311,13 +320,6 @@ def hls_shipped_files(project_dir: Path) -> list[Path]:
         and p.name != "edgeml_hls.json"
         and not skip_dirs & set(p.relative_to(project_dir).parts)
     ]
-
-
-def _ident(name: str) -> str:
-    """The design's C/Verilog identifier (:func:`edgeml.config.design_identifier`)."""
-    from edgeml.config import design_identifier
-
-    return design_identifier(name)
 
 
 def _hls_design(ctx: Context) -> Any:
@@ -365,7 +367,7 @@ def _rtl_design(ctx: Context) -> Any:
         design = generate_rtl(
             g,
             ctx.run.file("rtl"),
-            _ident(ctx.name),
+            design_identifier(ctx.name),
             pipelined=r.pipelined,
             latency_cutoff=r.latency_cutoff,
         )
@@ -530,7 +532,10 @@ def verify_artifacts(ctx: Context, *, rtl_cache: bool = True) -> dict[str, Any]:
     t1 = time.perf_counter()
     ref = g.predict(x)
     golden_s = time.perf_counter() - t1
-    levels: list[V.LevelResult] = [_golden_ir_level(ctx, g, x, ref)]
+    ir_path = ctx.run.file(GOLDEN_IR)
+    ir = GoldenModel.load(ir_path) if ir_path.exists() else None  # a damaged one is refused
+    ir_changes = ir_differences(g, ir) if ir is not None else []
+    levels: list[V.LevelResult] = [_golden_ir_level(g, ir, ir_changes, x, ref)]
 
     hls_error = None
     if ctx.cfg.hls.enabled and ctx.run.file("hls.json").exists():
@@ -558,7 +563,7 @@ def verify_artifacts(ctx: Context, *, rtl_cache: bool = True) -> dict[str, Any]:
 
     rtl_changes: list[dict[str, Any]] = []
     if ctx.cfg.rtl.enabled:
-        lv, rtl_changes = _shipped_rtl_level(ctx, g, x, ref, rtl_cache, drift)
+        lv, rtl_changes = _shipped_rtl_level(ctx, g, ir, ir_changes, x, ref, rtl_cache, drift)
         levels.append(lv)
     else:
         levels.append(V.skipped("RTL (Verilator)", "disabled in config"))
@@ -607,7 +612,7 @@ def _op_label(g: GoldenModel, name: str) -> str | None:
     """``"MatMul_1 (dense)"`` for a golden op, or an hls4ml layer named after one (``Dense_MatMul_1``)."""
     for op in g.ops:
         if name == op.name or name.endswith("_" + op.name):
-            return f"{op.name} ({op.kind})"
+            return op.label
     return None
 
 
@@ -628,25 +633,23 @@ def ir_differences(g: GoldenModel, ir: GoldenModel) -> list[str]:
     return changed
 
 
-def _load_ir(ctx: Context) -> GoldenModel | None:
-    """The run's saved golden IR, or None when it is absent or unreadable (its level says why)."""
-    path = ctx.run.file(GOLDEN_IR)
-    try:
-        return GoldenModel.load(path) if path.exists() else None
-    except EdgemlError:
-        return None
+def _golden_ir_level(
+    g: GoldenModel,
+    ir: GoldenModel | None,
+    changed: list[str],
+    x: np.ndarray,
+    ref: np.ndarray,
+) -> Any:
+    """The shipped golden IR (``golden.npz``) run on the vectors, against the QONNX's golden model.
 
-
-def _golden_ir_level(ctx: Context, g: GoldenModel, x: np.ndarray, ref: np.ndarray) -> Any:
-    """The shipped golden IR (``golden.npz``) run on the vectors, against the QONNX's golden model."""
+    ``changed`` is :func:`ir_differences` of the two.
+    """
     from edgeml import verify as V
 
-    path = ctx.run.file(GOLDEN_IR)
     level = f"golden IR ({GOLDEN_IR})"
-    if not path.exists():
+    if ir is None:
         return V.skipped(level, f"no {GOLDEN_IR} in the run folder (re-run `edgeml export`)")
-    ir = GoldenModel.load(path)
-    if [(op.name, op.kind) for op in ir.ops] != [(op.name, op.kind) for op in g.ops]:
+    if changed == ["graph structure"]:
         res = V.LevelResult(level, len(x), len(x), 0, 0, status="FAIL")
         res.note = "its ops differ from the model.qonnx.onnx's (another model's IR)"
         res.first_divergent_layer = "graph structure"
@@ -657,7 +660,6 @@ def _golden_ir_level(ctx: Context, g: GoldenModel, x: np.ndarray, ref: np.ndarra
         # an IR that loads but cannot execute (a damaged constant's shape or type) fails
         res = V.LevelResult(level, len(x), len(x), 0, 0, status="FAIL")
         res.note = f"the golden IR does not run: {type(exc).__name__}: {exc}"
-    changed = ir_differences(g, ir)
     if changed:
         res.extra["changed_constants"] = changed
         if res.passed:
@@ -734,6 +736,8 @@ def _source_changes(shipped: Path, generated: Path, prefix: str) -> list[dict[st
 def _shipped_rtl_level(
     ctx: Context,
     g: GoldenModel,
+    ir: GoldenModel | None,
+    ir_changes: list[str],
     x: np.ndarray,
     ref: np.ndarray,
     rtl_cache: bool,
@@ -754,9 +758,8 @@ def _shipped_rtl_level(
     from edgeml.rtl import RtlBuildError, RtlDesign, generate_rtl
 
     shipped = RtlDesign.load(ctx.run.require("rtl/edgeml_rtl.json").parent)
-    ir = _load_ir(ctx)
     models = [("golden.npz", ir)] if ir is not None else []
-    if ir is None or ir_differences(g, ir):
+    if ir is None or ir_changes:
         models.append(("the QONNX's golden model", g))
     found = None
     with tempfile.TemporaryDirectory(prefix="edgeml_rtl_ref_") as tmp:

@@ -171,6 +171,11 @@ class Op:
     def __call__(self, *xs: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    @property
+    def label(self) -> str:
+        """How every report names this op, e.g. ``"MatMul_1 (dense)"``."""
+        return f"{self.name} ({self.kind})"
+
 
 @dataclass
 class Requant(Op):

@@ -60,7 +60,7 @@ import numpy as np
 
 from edgeml.errors import ConfigError, EdgemlError, MissingRunError
 from edgeml.fixed import FixedType
-from edgeml.flow import GOLDEN_IR
+from edgeml.flow import GOLDEN_IR, recorded_hls_project
 from edgeml.netlist import LayerMap, NetlistSim, NetlistUnsupported
 
 log = logging.getLogger(__name__)
@@ -129,17 +129,6 @@ class MutantResult:
 # =========================================================================== workspace
 
 
-def project_dir(run_dir: Path) -> Path | None:
-    """The run's hls4ml project folder (``hls.json``'s ``project_dir``, relative to the run)."""
-    p = Path(run_dir) / "hls.json"
-    if not p.is_file():
-        return None
-    info = json.loads(p.read_text())
-    if "project_dir" not in info:
-        return None
-    return (Path(run_dir) / info["project_dir"]).resolve()
-
-
 def copy_run(run_dir: str | Path, dest: str | Path) -> Path:
     """Copy a run folder and its hls4ml project under ``dest``, keeping their relative layout.
 
@@ -149,7 +138,7 @@ def copy_run(run_dir: str | Path, dest: str | Path) -> Path:
     """
     run_dir = Path(run_dir).resolve()
     dest = Path(dest)
-    proj = project_dir(run_dir)
+    proj = recorded_hls_project(run_dir)
     roots = [run_dir] + ([proj] if proj is not None and proj.is_dir() else [])
     base = Path(os.path.commonpath([str(r) for r in roots]))
     ignore = shutil.ignore_patterns("sim_build", "__pycache__", "*.tmp")
@@ -176,7 +165,7 @@ class Workspace:
         self.original = Path(run_dir).resolve()
         self.root = Path(root)
         self.run = copy_run(self.original, self.root / "work")
-        self.project = project_dir(self.run)
+        self.project = recorded_hls_project(self.run)
         self._snapshot: dict[Path, tuple[int, int]] = {}
 
     def _trees(self) -> list[Path]:
@@ -265,10 +254,6 @@ class Baseline:
 # =========================================================================== golden diff reasons
 
 
-def _op_label(op: Any) -> str:
-    return f"{op.name} ({op.kind})"
-
-
 def _golden_diff(
     g0: Any, g1: Any, x: np.ndarray, trace0: dict[str, np.ndarray]
 ) -> tuple[int, dict[str, np.ndarray]]:
@@ -294,7 +279,7 @@ def _absorbed_by(
                 cols = np.flatnonzero((a != b).any(axis=0))
                 if cols.size and not np.any(op.weight[cols]):
                     return (
-                        f"{_op_label(op)} absorbs it: every weight from its changed input "
+                        f"{op.label} absorbs it: every weight from its changed input "
                         f"element(s) {cols.tolist()[:8]} is 0 (pruned)"
                     )
             if op.kind == "requant":
@@ -303,18 +288,18 @@ def _absorbed_by(
                 y = np.asarray(trace0[op.output])[moved]
                 if y.size and np.all((y == op.hi) | (y == op.lo)):
                     return (
-                        f"{_op_label(op)} saturates it away (every changed value is clamped to "
+                        f"{op.label} saturates it away (every changed value is clamped to "
                         f"[{op.lo}, {op.hi}])"
                     )
                 if y.size and not np.any((y == op.hi) | (y == op.lo)):
-                    return f"{_op_label(op)} rounds it away (no change crosses a rounding step)"
-                return f"{_op_label(op)} rounds or saturates it away"
+                    return f"{op.label} rounds it away (no change crosses a rounding step)"
+                return f"{op.label} rounds or saturates it away"
             what = {
                 "requant": "rounds or saturates it away",
                 "relu": "clips it (the value stays negative)",
                 "maxpool": "does not select it",
             }.get(op.kind, "absorbs it")
-            return f"{_op_label(op)} {what}"
+            return f"{op.label} {what}"
         changed.add(op.output)
     return "no later op propagates it"
 
@@ -338,7 +323,7 @@ def golden_reason(
     if not out_same:
         n = int((trace0[op0.output] != trace1[op1.output]).reshape(len(x), -1).any(axis=1).sum())
         return 0, (
-            f"{_op_label(op0)}.{field_name} changes that op's output on {n} vectors, but "
+            f"{op0.label}.{field_name} changes that op's output on {n} vectors, but "
             f"{_absorbed_by(g0, trace0, trace1, k)} before any output"
         )
     xin = trace0.get(op0.inputs[0])
@@ -362,19 +347,19 @@ def golden_reason(
             what = f"input element {index[0]}"
         if not np.any(vals):
             src = next((o for o in g0.ops if o.output == op0.inputs[0]), None)
-            via = f" ({_op_label(src)} output)" if src is not None else " (a graph input)"
+            via = f" ({src.label} output)" if src is not None else " (a graph input)"
             return 0, (
-                f"weight {list(index)} of {_op_label(op0)} multiplies {what}{via}, "
+                f"weight {list(index)} of {op0.label} multiplies {what}{via}, "
                 "which is 0 on every vector"
             )
-        return 0, f"weight {list(index)} change leaves {_op_label(op0)}'s output unchanged"
+        return 0, f"weight {list(index)} change leaves {op0.label}'s output unchanged"
     if field_name in ("lo", "hi"):
         pre = _requant_pre_clip(op0, np.asarray(xin))
         return 0, (
             f"clamp bound {field_name} {getattr(op0, field_name)} -> {getattr(op1, field_name)} "
             f"is never reached (pre-clamp codes span [{int(pre.min())}, {int(pre.max())}])"
         )
-    return 0, f"{_op_label(op0)}.{field_name} change leaves every code of that op unchanged"
+    return 0, f"{op0.label}.{field_name} change leaves every code of that op unchanged"
 
 
 def _requant_pre_clip(op: Any, x: np.ndarray) -> np.ndarray:
@@ -486,7 +471,7 @@ class GoldenMutator(Mutator):
             location=where,
             old=str(old),
             new=str(new),
-            layer=_op_label(op),
+            layer=op.label,
             golden_op=op.name,
             detail={"op": site.op, "field": site.field, "index": list(index) if index else None},
         )
@@ -655,7 +640,7 @@ class QonnxMutator(Mutator):
         op_name, fld = moved[0].split(".", 1)
         op = next(o for o in base.golden.ops if o.name == op_name)
         m.golden_op = op.name
-        m.layer = f"{m.layer} = {_op_label(op)}"
+        m.layer = f"{m.layer} = {op.label}"
         k0, k1 = c0[moved[0]], c1[moved[0]]
         idx = (
             tuple(int(i) for i in np.argwhere(k0 != k1)[0])
@@ -780,7 +765,7 @@ class HlsHeaderMutator(Mutator):
     kind = "hls_header"
 
     def sites(self, run_dir: Path) -> list[HeaderSite]:
-        proj = project_dir(Path(run_dir))
+        proj = recorded_hls_project(Path(run_dir))
         if proj is None or not (proj / "firmware" / "weights").is_dir():
             raise MissingRunError(f"run '{run_dir}' has no hls4ml project (hls.json project_dir)")
         defines = (proj / "firmware" / "defines.h").read_text(errors="replace")

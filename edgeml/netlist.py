@@ -669,8 +669,7 @@ class LayerMap:
         ]
         if not changed:
             return None
-        op = self.ops[min(changed)]
-        return f"{op.name} ({op.kind})"
+        return self.ops[min(changed)].label
 
 
 def _primitive(

@@ -945,9 +945,7 @@ def wire_layers(
             if info[i][0] == -2:
                 r = readers.get(i)
                 info[i] = (info[r][0] if r is not None else 0, False)
-        labels.append(
-            [f"{g.ops[i].name} ({g.ops[i].kind})" if i >= 0 else "input" for i, _ in info]
-        )
+        labels.append([g.ops[i].label if i >= 0 else "input" for i, _ in info])
         prev = [info[o] if o >= 0 else (0, False) for o in st.out_idxs]
         cur = [np.asarray(st(v), np.float64) for v in cur]
     return labels

@@ -162,7 +162,7 @@ def run_level(
             name = first_divergent_layer(gtrace, other, [op.output for op in g.ops])
             if name is not None:
                 op = next(o for o in g.ops if o.output == name)
-                res.first_divergent_layer = f"{op.name} ({op.kind})"
+                res.first_divergent_layer = op.label
             res.extra["layers_compared"] = sorted(other)
         if res.first_divergent_layer is None:
             res.first_divergent_layer = f"output (first at vector {res.first_mismatch_vector})"

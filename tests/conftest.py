@@ -12,7 +12,7 @@ def mlp_flow_run(tmp_path_factory) -> tuple[Path, Path]:
 
     Shared by every test that needs a complete run folder (tests/test_flow.py,
     tests/test_verify_disk.py, tests/test_mutate.py); tests that edit artifacts
-    work on copies (:func:`copy_run`).
+    work on copies (:func:`edgeml.mutate.copy_run`).
     """
     from edgeml.cli import EXIT_OK, main
 
@@ -21,14 +21,3 @@ def mlp_flow_run(tmp_path_factory) -> tuple[Path, Path]:
     code = main(["flow", "--design", "mlp", "--out", str(out), "--hls-dir", str(hls), "-q"])
     assert code == EXIT_OK, f"edgeml flow --design mlp exited {code}"
     return out, hls
-
-
-def copy_run(run: Path, hls: Path, dest: Path) -> tuple[Path, Path]:
-    """Copy a run folder and its hls4ml project root side by side, keeping their relative layout."""
-    import shutil
-
-    dest.mkdir(parents=True, exist_ok=True)
-    new_run, new_hls = dest / run.name, dest / hls.name
-    shutil.copytree(run, new_run, symlinks=True)
-    shutil.copytree(hls, new_hls, symlinks=True)
-    return new_run, new_hls

@@ -258,9 +258,6 @@ def test_design_identifier_is_ascii_and_collision_free():
     assert design_identifier("modèle jet").startswith("modele_jet_")
     for keep in ("jet", "mlp", "rn08", "ext_2"):
         assert design_identifier(keep) == keep
-    from edgeml.flow import _ident
-
-    assert _ident("modèle jet") == design_identifier("modèle jet")
 
 
 def test_unicode_file_name_keeps_its_name_and_gets_an_ascii_folder(

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import copy_run
 
 from edgeml.cli import EXIT_MISMATCH, EXIT_OK, EXIT_USER, main
 from edgeml.golden import GoldenModel
 from edgeml.manifest import sha256
+from edgeml.mutate import copy_run
 
 pytestmark = [pytest.mark.slow, pytest.mark.hls, pytest.mark.rtl]
 
@@ -45,9 +45,8 @@ def _snapshot(folder: Path) -> dict[str, str]:
 
 @pytest.fixture
 def run_copy(mlp_flow_run, tmp_path) -> Path:
-    run, hls = mlp_flow_run
-    new_run, _ = copy_run(run, hls, tmp_path / "copy")
-    return new_run
+    run, _ = mlp_flow_run
+    return copy_run(run, tmp_path / "copy")
 
 
 def test_unchanged_copy_verifies_from_any_directory(run_copy, tmp_path, monkeypatch, capsys):
