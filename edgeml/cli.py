@@ -60,7 +60,33 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument(
             "--onnx",
             type=Path,
-            help="a QONNX model made elsewhere (FINN, Brevitas, QKeras via qonnx)",
+            help="a QONNX or ONNX model made elsewhere (FINN, Brevitas, QKeras via qonnx, "
+            "torch.onnx.export): old custom-op domains, FINN datatype annotations and "
+            "symbolic batch dimensions are normalised, and each change is recorded",
+        )
+        sp.add_argument(
+            "--keras",
+            type=Path,
+            help="a Keras 3 .keras model with QKeras-compatible (HGQ2 qkeras) or HGQ2 layers",
+        )
+        sp.add_argument(
+            "--input-type",
+            metavar="TYPE",
+            help="precision of a float model input, e.g. 'ap_fixed<16,6>' (hls4ml's default), "
+            "'int8', 'uint8' (ingest.input_type)",
+        )
+        sp.add_argument(
+            "--calib",
+            type=Path,
+            metavar="FILE.npy",
+            help="calibration inputs of a float model input: its precision is the smallest "
+            "fixed type holding their range (ingest.calib)",
+        )
+        sp.add_argument(
+            "--output",
+            metavar="NODE",
+            help="cut the model at this node or tensor, e.g. keep the logits before a "
+            "trailing Softmax (ingest.output)",
         )
         sp.add_argument("--out", type=Path, help="run folder (default: runs/<design>/)")
         sp.add_argument("--config", type=Path, help="YAML or JSON config file (see README)")
@@ -87,6 +113,12 @@ def _parser() -> argparse.ArgumentParser:
             action="store_true",
             help="skip RTL generation and simulation in this command only; not saved in the "
             "run's config.json (set rtl.enabled: false in a --config file for that)",
+        )
+        sp.add_argument(
+            "--force-rtl",
+            action="store_true",
+            help="build the RTL even when its estimated build time is above "
+            "rtl.max_build_seconds (this command only)",
         )
         sp.add_argument(
             "--force",
@@ -118,9 +150,11 @@ def _parser() -> argparse.ArgumentParser:
                 metavar="M",
                 help="Verilog mutants with --mutate (default: N)",
             )
+    from edgeml.quantize import add_quantize_parser
     from edgeml.sweep import add_sweep_parser
 
     add_sweep_parser(sub)
+    add_quantize_parser(sub)
     return p
 
 
@@ -311,6 +345,10 @@ def _version() -> str:
 _FLAG_OF = {
     "design": "--design",
     "onnx": "--onnx",
+    "keras": "--keras",
+    "ingest.input_type": "--input-type",
+    "ingest.calib": "--calib",
+    "ingest.output": "--output",
     "seed": "--seed",
     "compress.bit_width": "--bits",
     "compress.sparsity": "--sparsity",
@@ -330,6 +368,7 @@ def _context(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any] | None]
         apply_overrides,
         check_options,
         design_identifier,
+        external_model,
         load_config,
         validate_config,
     )
@@ -340,8 +379,11 @@ def _context(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any] | None]
     cfg = load_config(args.config) if args.config else FlowConfig()
     design = args.design
     onnx = str(args.onnx) if args.onnx else None
-    if onnx and not design:
-        design = Path(onnx).name.split(".")[0] or "model"
+    keras = str(args.keras) if args.keras else None
+    if onnx and keras:
+        raise _UsageError("give one model: --onnx or --keras, not both")
+    if (onnx or keras) and not design:
+        design = Path(onnx or keras or "").name.split(".")[0] or "model"
     # the default folder is named by the design's identifier: no spaces (Verilator's make
     # cannot build in a path with spaces), no accents
     out = args.out or Path("runs") / design_identifier(design or cfg.design)
@@ -358,14 +400,18 @@ def _context(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any] | None]
         if not args.config:
             cfg = saved_cfg
         else:  # a --config file that does not name the model keeps the run's one
-            keep = {k: getattr(saved_cfg, k) for k in ("design", "onnx")}
+            keep = {k: getattr(saved_cfg, k) for k in ("design", "onnx", "keras", "ingest")}
             keep = {k: v for k, v in keep.items() if k not in cfg.model_fields_set}
             cfg = cfg.model_copy(update=keep)
-        if onnx and not args.design and saved_cfg.onnx is not None:
+        if (onnx or keras) and not args.design and external_model(saved_cfg):
             design = None  # same file under another name: keep the run's design name
     overrides = {
         "design": design,
         "onnx": onnx,
+        "keras": keras,
+        "ingest.input_type": args.input_type,
+        "ingest.calib": str(args.calib) if args.calib else None,
+        "ingest.output": args.output,
         "seed": args.seed,
         "compress.bit_width": args.bits,
         "compress.sparsity": args.sparsity,
@@ -376,8 +422,10 @@ def _context(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any] | None]
     except ConfigError as exc:
         flags = [f for k, f in _FLAG_OF.items() if overrides.get(k) is not None and k in str(exc)]
         raise ConfigError(f"{exc} (set by {', '.join(flags)})" if flags else str(exc)) from None
+    if onnx or keras:  # one model per run: the flag given replaces the other kind
+        persistent = persistent.model_copy(update={"keras" if onnx else "onnx": None})
     sources = {k: f for k, f in _FLAG_OF.items() if overrides.get(k) is not None}
-    check_options(persistent, persistent.onnx is not None, sources)
+    check_options(persistent, external_model(persistent), sources)
     # --no-hls / --no-rtl hold for this command only: config.json keeps the run's setting.
     switches = {
         "hls.enabled": False if args.no_hls else None,
@@ -388,22 +436,25 @@ def _context(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any] | None]
         cfg=apply_overrides(persistent, switches),
         hls_root=args.hls_dir,
         progress=not args.quiet,
+        force_rtl=args.force_rtl,
     )
     return ctx, persistent, saved
 
 
-def _check_onnx(path: Path) -> str:
-    """Parse, clean and compile an ``--onnx`` file in memory; return its SHA-256.
+def _check_external(cfg: Any) -> str:
+    """Ingest, clean and compile an ``--onnx`` / ``--keras`` model in memory; return its SHA-256.
 
     Everything export would refuse (a corrupt or truncated file, NaN weights, an
-    unsupported op) is refused here, before anything is written to the run folder.
+    unsupported op, a float input with no precision) is refused here, before anything
+    is written to the run folder.
     """
-    from edgeml.export import clean_qonnx
+    from edgeml.flow import ingest_external
     from edgeml.golden import GoldenModel
     from edgeml.manifest import sha256
 
-    GoldenModel.from_onnx(clean_qonnx(path))
-    return sha256(path)
+    cleaned, _ = ingest_external(cfg)
+    GoldenModel.from_onnx(cleaned)
+    return sha256(Path(cfg.keras or cfg.onnx))
 
 
 def _check_same_model(
@@ -422,15 +473,15 @@ def _check_same_model(
         diffs.append(f"the run's design is {saved.get('design')!r}, this command's {cfg.design!r}")
     if onnx_sha is not None:
         export_inputs = stages.get("export", {}).get("inputs", {}) or {}
-        if saved is not None and saved.get("onnx") is None and stages:
+        if saved is not None and not (saved.get("onnx") or saved.get("keras")) and stages:
             diffs.append(
                 f"the run holds the built-in design {saved.get('design')!r}, and --onnx "
-                f"{cfg.onnx} is a model made elsewhere"
+                f"{cfg.onnx or cfg.keras} is a model made elsewhere"
             )
         elif export_inputs and onnx_sha not in export_inputs.values():
             src, have = next(iter(export_inputs.items()))
             diffs.append(
-                f"the model file {cfg.onnx} (sha256 {onnx_sha[:12]}...) is not the file the "
+                f"the model file {cfg.onnx or cfg.keras} (sha256 {onnx_sha[:12]}...) is not the file the "
                 f"run was exported from ({src}, sha256 {have[:12]}..., recorded in "
                 "manifest.json)"
             )
@@ -474,8 +525,8 @@ def _prepare(args: argparse.Namespace) -> tuple[Any, Any]:
 
     ctx, persistent, saved = _context(args)
     # the --onnx file, or the run's own one when this command exports it again
-    reads_onnx = args.onnx is not None or args.command in ("export", "flow")
-    onnx_sha = _check_onnx(Path(ctx.cfg.onnx)) if ctx.external and reads_onnx else None
+    reads_onnx = args.onnx or args.keras or args.command in ("export", "flow")
+    onnx_sha = _check_external(ctx.cfg) if ctx.external and reads_onnx else None
     starts_run = args.command in ("train", "flow") or (args.command == "export" and ctx.external)
     if not starts_run and not ctx.run.path.is_dir():
         raise MissingRunError(
@@ -526,6 +577,13 @@ def main(argv: list[str] | None = None) -> int:
         from edgeml.sweep import run_sweep_command
 
         return run_sweep_command(args)
+    if args.command == "quantize":
+        from edgeml.quantize import quantize_main
+
+        try:
+            return quantize_main(args)
+        except BaseException as exc:
+            return _exit_code(exc)
     t0 = time.time()
     if args.command == "faults" and getattr(args, "faults_command", None):
         try:

@@ -68,6 +68,9 @@ class RtlConfig(_Strict):
     """Verilog generation (da4ml) and Verilator simulation."""
 
     enabled: bool = True
+    #: the size guard: an RTL build estimated (before tracing) to take longer than this many
+    #: CPU seconds is skipped with the estimate, not started (``--force-rtl`` builds it anyway)
+    max_build_seconds: float = Field(900.0, gt=0.0, le=86_400.0)
     pipelined: bool = True
     latency_cutoff: float = Field(5.0, gt=0.0, le=1000.0)
     cocotb_vectors: int = Field(200, ge=0, le=100_000)
@@ -91,11 +94,24 @@ class FaultConfig(_Strict):
     margin: float = Field(0.02, gt=0.0, lt=0.5)
 
 
+class IngestConfig(_Strict):
+    """How a model made elsewhere is read (``--input-type``, ``--calib``, ``--output``)."""
+
+    #: precision of a float graph input, e.g. ``ap_fixed<16,6>``, ``int8``, ``uint8``
+    input_type: str | None = None
+    #: calibration inputs (``.npy``): the input precision is the smallest type holding them
+    calib: str | None = None
+    #: cut the graph at this node or tensor (e.g. drop a trailing Softmax, keep the logits)
+    output: str | None = None
+
+
 class FlowConfig(_Strict):
-    """One design's flow. ``design`` is a built-in name or ``external`` (``--onnx``)."""
+    """One design's flow: a built-in ``design``, or a model made elsewhere (``onnx``/``keras``)."""
 
     design: str = DEFAULT_DESIGN
-    onnx: str | None = None  # a QONNX file made elsewhere (FINN, Brevitas, QKeras via qonnx)
+    onnx: str | None = None  # a QONNX/ONNX file made elsewhere (FINN, Brevitas, QKeras, torch)
+    keras: str | None = None  # a .keras file (QKeras-compatible or HGQ2 layers)
+    ingest: IngestConfig = IngestConfig()
     seed: int = Field(0, ge=0)
     train: TrainConfig = TrainConfig()
     compress: CompressConfig = CompressConfig()
@@ -142,6 +158,11 @@ def validate_config(data: dict[str, Any]) -> FlowConfig:
     except ValidationError as exc:
         raise ConfigError(_explain(exc)) from None
     return cfg
+
+
+def external_model(cfg: FlowConfig) -> bool:
+    """True when the run's model was made elsewhere (``--onnx`` or ``--keras``)."""
+    return cfg.onnx is not None or cfg.keras is not None
 
 
 def check_design(cfg: FlowConfig, external: bool) -> None:

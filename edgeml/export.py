@@ -10,6 +10,7 @@ was measured to convert Brevitas models bit-exactly (``../shared/DESIGN.md``).
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import logging
 import tempfile
@@ -37,7 +38,7 @@ _NOISY_LOGGERS = ("torch.onnx", "torch._dynamo", "onnxscript", "onnx_ir", "brevi
 
 
 @contextlib.contextmanager
-def _quiet() -> Iterator[None]:
+def quiet_tools() -> Iterator[None]:
     """Silence the warnings, log records and stdout/stderr chatter of the exporters."""
     sink = io.StringIO()
     noisy = [logging.getLogger(name) for name in _NOISY_LOGGERS]
@@ -61,7 +62,19 @@ def _quiet() -> Iterator[None]:
 
 
 def load_onnx(path: str | Path) -> onnx.ModelProto:
-    """Parse and check an ONNX file; any failure is a :class:`CorruptFileError` naming ``path``."""
+    """Parse and check an ONNX file; any failure is a :class:`CorruptFileError` naming ``path``.
+
+    Old custom-op domains (FINN's ``finn.custom_op.general``, Brevitas' ``onnx.brevitas``)
+    are renamed and missing opset imports added before ``onnx.checker`` runs
+    (:func:`edgeml.ingest.fix_domains`), so files from those tools are not refused.
+    """
+    proto = parse_onnx(path)
+    check_proto(proto, str(path))
+    return proto
+
+
+def parse_onnx(path: str | Path) -> onnx.ModelProto:
+    """Parse an ONNX file without checking it; a missing or unparsable file is a CorruptFileError."""
     path = Path(path)
     if not path.exists():
         raise CorruptFileError(f"ONNX file {path} does not exist; check the path or re-export it")
@@ -74,11 +87,10 @@ def load_onnx(path: str | Path) -> onnx.ModelProto:
             f"ONNX file {path} cannot be parsed ({type(exc).__name__}: {exc}); it is "
             "truncated or not an ONNX model - re-export it"
         ) from exc
-    _check_proto(proto, str(path))
     return proto
 
 
-def _check_proto(proto: onnx.ModelProto, where: str) -> None:
+def check_proto(proto: onnx.ModelProto, where: str) -> None:
     """Reject protobufs that parsed but are not usable models (e.g. cut at a field boundary)."""
     graph = proto.graph
     if len(graph.node) == 0 or len(graph.input) == 0 or len(graph.output) == 0:
@@ -101,6 +113,10 @@ def _check_proto(proto: onnx.ModelProto, where: str) -> None:
                 "the file is corrupt or was written wrongly: re-export it"
             )
     check_graph_tensors(graph, where)
+    from edgeml.ingest import fix_domains
+
+    for change in fix_domains(proto):  # before the checker, which refuses old domains
+        log.info("%s: %s", where, change)
     try:
         onnx.checker.check_model(proto)
     except Exception as exc:
@@ -254,7 +270,7 @@ def check_graph_tensors(graph: onnx.GraphProto, where: str) -> None:
 def _wrap(proto: onnx.ModelProto, where: str) -> ModelWrapper:
     """qonnx's ModelWrapper, whose constructor checks the tensor shapes (with asserts)."""
     try:
-        with _quiet():
+        with quiet_tools():
             return ModelWrapper(proto)
     except Exception as exc:
         raise CorruptFileError(
@@ -270,8 +286,9 @@ def _to_wrapper(
         check_graph_tensors(model_or_path.graph, "<ModelWrapper>")
         return model_or_path, "<ModelWrapper>"
     if isinstance(model_or_path, onnx.ModelProto):
-        _check_proto(model_or_path, "<ModelProto>")
-        return _wrap(model_or_path, "<ModelProto>"), "<ModelProto>"
+        proto = copy.deepcopy(model_or_path)  # check_proto may rename old domains
+        check_proto(proto, "<ModelProto>")
+        return _wrap(proto, "<ModelProto>"), "<ModelProto>"
     if isinstance(model_or_path, str | Path):
         return _wrap(load_onnx(model_or_path), str(model_or_path)), str(model_or_path)
     raise ConfigError(
@@ -304,7 +321,7 @@ def clean_qonnx(
     ]
     for name, step in steps:
         try:
-            with _quiet():
+            with quiet_tools():
                 model = step(model)
         except Exception as exc:
             raise UnsupportedOpError(
@@ -349,7 +366,7 @@ def export_qonnx(model: object, input_shape: tuple[int, ...], path: str | Path) 
     try:
         with tempfile.TemporaryDirectory() as tmp:
             raw = Path(tmp) / "raw.onnx"
-            with _quiet(), torch.no_grad():
+            with quiet_tools(), torch.no_grad():
                 brevitas_export_qonnx(model, args=torch.zeros(shape), export_path=str(raw))
             cleaned = clean_qonnx(raw, path)
     finally:

@@ -22,16 +22,17 @@ import os
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from edgeml.config import FlowConfig, check_options, design_identifier
+from edgeml.config import FlowConfig, check_options, design_identifier, external_model
 from edgeml.errors import (
     ConfigError,
+    CorruptFileError,
     EdgemlError,
     MismatchError,
     MissingRunError,
@@ -65,11 +66,13 @@ class Context:
     cfg: FlowConfig
     hls_root: Path = Path("hls_projects")
     progress: bool = True
+    #: build the RTL even when the size guard estimates it above ``rtl.max_build_seconds``
+    force_rtl: bool = False
     results: dict[str, Any] = field(default_factory=dict)
 
     @property
     def external(self) -> bool:
-        return self.cfg.onnx is not None
+        return external_model(self.cfg)
 
     @property
     def name(self) -> str:
@@ -223,14 +226,19 @@ def stage_compress(ctx: Context) -> dict[str, Any]:
 def stage_export(ctx: Context) -> dict[str, Any]:
     """Export to QONNX and clean it (built-in), or clean a user's QONNX file (external)."""
     t0 = time.time()
-    from edgeml.export import clean_qonnx, export_qonnx
+    from edgeml.export import export_qonnx
 
     out = ctx.run.file("model.qonnx.onnx")
     ctx.run.path.mkdir(parents=True, exist_ok=True)
+    extra: dict[str, Any] = {}
+    produced: list[Path] = []
     if ctx.external:
-        src = Path(ctx.cfg.onnx or "")
-        clean_qonnx(src, out)
-        inputs = [src]
+        cleaned, ing = ingest_external(ctx.cfg, ctx.run.path)
+        cleaned.save(str(out))
+        write_json(ctx.run.file(INGEST_JSON), ing)
+        inputs = [Path(ctx.cfg.keras or ctx.cfg.onnx or "")]
+        produced = [ctx.run.file(INGEST_JSON), *(ctx.run.file(f) for f in ing["files"])]
+        extra = {"ingest_changes": ing["changes"], "input_precision": ing["input_precision"]}
     else:
         from edgeml.models import zoo
 
@@ -243,35 +251,113 @@ def stage_export(ctx: Context) -> dict[str, Any]:
     summary = g.summary()
     ctx.run.file("golden.txt").write_text(summary + "\n" + "\n".join(g.notes) + "\n")
     g.save(ctx.run.file(GOLDEN_IR))  # the integer IR that ships; verify checks it against the QONNX
-    outputs = [out, ctx.run.file("golden.txt"), ctx.run.file(GOLDEN_IR)]
-    _record(ctx, "export", t0, inputs, outputs)
+    outputs = [out, ctx.run.file("golden.txt"), ctx.run.file(GOLDEN_IR), *produced]
+    _record(ctx, "export", t0, inputs, outputs, **extra)
     log.info("export: golden model\n%s", summary)
     return {"golden": summary, "notes": g.notes}
 
 
+#: What ingestion of a model made elsewhere changed (``ingest.json``) and the files it wrote.
+INGEST_JSON = "ingest.json"
+INGESTED = "model.ingested.onnx"
+FROM_KERAS = "model.from_keras.onnx"
+
+
+def ingest_external(cfg: FlowConfig, folder: Path | None = None) -> tuple[Any, dict[str, Any]]:
+    """A model made elsewhere (``cfg.onnx`` or ``cfg.keras``) as a cleaned QONNX ModelWrapper.
+
+    Keras models are converted to QONNX first (:func:`edgeml.keras_frontend.keras_to_qonnx`);
+    then :func:`edgeml.ingest.normalise` renames old domains, reads datatype annotations,
+    fixes the batch dimension, gives a float input its precision (``ingest.input_type``,
+    ``ingest.calib``) and cuts at ``ingest.output``; then :func:`edgeml.export.clean_qonnx`.
+    With ``folder``, the intermediate models are written there (``model.from_keras.onnx``,
+    ``model.ingested.onnx``). Returns the model and what ``ingest.json`` records.
+    """
+    from edgeml.export import clean_qonnx
+    from edgeml.ingest import normalise
+
+    ing_cfg = cfg.ingest
+    calib = _load_calib(ing_cfg.calib) if ing_cfg.calib else None
+    changes: list[str] = []
+    files: list[str] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        where = Path(folder) if folder is not None else Path(tmp)
+        if cfg.keras:
+            from edgeml.keras_frontend import keras_to_qonnx
+
+            conv = keras_to_qonnx(cfg.keras, where / FROM_KERAS)
+            changes += conv.changes + [f"note: {n}" for n in conv.notes]
+            src: Path = where / FROM_KERAS
+            files.append(FROM_KERAS)
+        else:
+            src = Path(cfg.onnx or "")
+        ing = normalise(src, input_type=ing_cfg.input_type, calib=calib, output=ing_cfg.output)
+        changes += ing.changes
+        if folder is not None:
+            ing.save(where / INGESTED)
+            files.append(INGESTED)
+        cleaned = clean_qonnx(ing.model)
+    return cleaned, {
+        "source": cfg.keras or cfg.onnx,
+        "source_kind": "keras" if cfg.keras else "onnx",
+        "changes": changes,
+        "input_precision": ing.input_precision,
+        "output_cut_at": ing_cfg.output,
+        "files": files,
+    }
+
+
+def _load_calib(path: str) -> np.ndarray:
+    """Calibration inputs from a ``.npy`` file (no pickles); a bad file names the field."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config field 'ingest.calib' (--calib): {p} is not a file")
+    try:
+        arr = np.load(p, allow_pickle=False)
+    except Exception as exc:
+        raise CorruptFileError(
+            f"calibration file {p} cannot be read as a .npy array ({type(exc).__name__}: {exc})"
+        ) from exc
+    if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "biuf" or arr.size == 0:
+        raise ConfigError(
+            f"config field 'ingest.calib' (--calib): {p} must hold a non-empty numeric array, "
+            f"got {getattr(arr, 'dtype', type(arr).__name__)}"
+        )
+    return arr.astype(np.float64)
+
+
 def stage_convert(ctx: Context) -> dict[str, Any]:
-    """hls4ml Vitis project (io_parallel) at hls_projects/<design>/, C-sim compiled."""
+    """hls4ml Vitis project (io_parallel) at hls_projects/<design>/, C-sim compiled.
+
+    hls4ml's QONNX front end is used where it converts and its C-sim equals the
+    golden model on a quick random check; otherwise the project is built from
+    the golden IR (:func:`edgeml.hls_ir.convert_for_golden`). ``hls.json``
+    records the ``route`` and, for the golden-IR route, why the QONNX route was
+    not used (``route_reason``).
+    """
     t0 = time.time()
     if not ctx.cfg.hls.enabled:
         return {"skipped": "hls disabled in config"}
-    from edgeml.hls import convert_hls
+    from edgeml.hls_ir import convert_for_golden
 
     g = ctx.golden()
     onnx_path = ctx.run.require("model.qonnx.onnx")
     h = ctx.cfg.hls
     ctx.run.file("hls.json").unlink(missing_ok=True)  # a new project: do not reuse the old path
     hls_dir = ctx.hls_dir
+    from edgeml.progress import timed_bar
+
     try:
-        design = convert_hls(
-            onnx_path,
-            hls_dir,
-            name=design_identifier(ctx.name),
-            input_type=g.input_type,
-            output_type=g.output_type,
-            part=h.part,
-            clock_period=h.clock_period,
-            reuse_factor=h.reuse_factor,
-        )
+        with timed_bar("convert: hls4ml project + C-sim compile", None, ctx.progress):
+            design, route = convert_for_golden(
+                onnx_path,
+                g,
+                hls_dir,
+                name=design_identifier(ctx.name),
+                part=h.part,
+                clock_period=h.clock_period,
+                reuse_factor=h.reuse_factor,
+            )
     except (UnsupportedOpError, ConfigError) as exc:
         # The golden model and the RTL still cover this graph; record why hls4ml
         # could not, so verify and the report say so instead of silently skipping.
@@ -285,8 +371,11 @@ def stage_convert(ctx: Context) -> dict[str, Any]:
         "project_dir_abs": str(hls_dir),
         "name": design.name,
         "onnx_sha256": sha256(onnx_path),
+        **route,
         "seconds": round(time.time() - t0, 2),
     }
+    if route["route_reason"]:
+        log.warning("convert: %s; the project was built from the golden IR", route["route_reason"])
     write_json(ctx.run.file("hls.json"), info)
     _record(
         ctx, "convert", t0, [onnx_path], [ctx.run.file("hls.json"), *hls_shipped_files(hls_dir)]
@@ -382,11 +471,34 @@ def stage_rtl(ctx: Context) -> dict[str, Any]:
     if not ctx.cfg.rtl.enabled:
         return {"skipped": "rtl disabled in config"}
     g = ctx.golden()
-    design = _rtl_design(ctx)
+    from edgeml.resources import estimate_rtl_cost
+
+    cost = estimate_rtl_cost(g)
+    limit = ctx.cfg.rtl.max_build_seconds
+    log.info("rtl: %s", cost.describe())
+    if cost.seconds > limit and not ctx.force_rtl:
+        why = (
+            f"too big for the RTL route here: {cost.describe()}, above rtl.max_build_seconds "
+            f"= {limit:,.0f}. The hls4ml project (convert stage) is this model's firmware "
+            "route; to build the Verilog anyway pass --force-rtl (or raise "
+            "rtl.max_build_seconds), or prune / quantize harder (the build grows with "
+            "nonzero weights x weight bits)"
+        )
+        log.warning("rtl: skipped, %s", why)
+        info = {"skipped": why, "estimate": {**asdict(cost), "seconds": cost.seconds}}
+        write_json(ctx.run.file("rtl.json"), info)
+        _record(ctx, "rtl", t0, [ctx.run.require("model.qonnx.onnx")], [ctx.run.file("rtl.json")])
+        return info
+    from edgeml.progress import timed_bar
+
+    with timed_bar("rtl: da4ml trace + Verilator build", cost.seconds, ctx.progress):
+        design = _rtl_design(ctx)
     info: dict[str, Any] = {
+        "estimate": {**asdict(cost), "seconds": cost.seconds},
         "top": design.top,
         "latency_cycles": design.latency,
         "verilog": [str(p) for p in design.verilog_files],
+        "memfiles": [str(p) for p in design.mem_files],
         "build_seconds": round(time.time() - t0, 2),
     }
     n = ctx.cfg.rtl.cocotb_vectors
@@ -395,7 +507,8 @@ def stage_rtl(ctx: Context) -> dict[str, Any]:
 
         x, _ = verify_inputs(ctx, n_random=n)
         x = x[-n:]
-        res = run_cocotb(design, x, g.predict(x), ctx.run.file("rtl") / "cocotb")
+        with timed_bar(f"rtl: cocotb bench ({n} vectors)", None, ctx.progress):
+            res = run_cocotb(design, x, g.predict(x), ctx.run.file("rtl") / "cocotb")
         info["cocotb"] = {
             "vectors": res.n_vectors,
             "mismatches": res.n_mismatches,
@@ -410,9 +523,13 @@ def stage_rtl(ctx: Context) -> dict[str, Any]:
     try:
         from edgeml.resources import estimate_resources
 
-        est = estimate_resources(
-            list(design.verilog_files), design.top, timeout_s=ctx.cfg.rtl.resources_timeout
-        )
+        with timed_bar("rtl: yosys resource estimate", None, ctx.progress):
+            est = estimate_resources(
+                list(design.verilog_files),
+                design.top,
+                timeout_s=ctx.cfg.rtl.resources_timeout,
+                mem_files=design.mem_files,
+            )
         info["resources"] = (
             None
             if est is None
@@ -562,18 +679,25 @@ def verify_artifacts(ctx: Context, *, rtl_cache: bool = True) -> dict[str, Any]:
         levels.append(V.skipped("hls4ml C-sim", "disabled in config"))
 
     rtl_changes: list[dict[str, Any]] = []
-    if ctx.cfg.rtl.enabled:
+    rtl_skipped = None
+    if ctx.cfg.rtl.enabled and ctx.run.file("rtl.json").exists():
+        rtl_skipped = read_json(ctx.run.file("rtl.json")).get("skipped")
+    if rtl_skipped:
+        levels.append(V.skipped("RTL (Verilator)", rtl_skipped))
+    elif ctx.cfg.rtl.enabled:
         lv, rtl_changes = _shipped_rtl_level(ctx, g, ir, ir_changes, x, ref, rtl_cache, drift)
         levels.append(lv)
     else:
         levels.append(V.skipped("RTL (Verilator)", "disabled in config"))
 
     if ctx.external:
-        levels.append(_qonnx_reference(ctx, g, x[: min(len(x), 2000)], ref[: min(len(x), 2000)]))
+        n_ref = min(len(x), ORIGINAL_VECTORS)
+        levels.append(_qonnx_reference(ctx, g, x[:n_ref], ref[:n_ref]))
+        levels.append(_original_reference(ctx, g, x[:n_ref], ref[:n_ref]))
     else:
         levels.append(_brevitas_level(ctx, g, x, ref))
 
-    ok = all(lv.status != "FAIL" for lv in levels if lv.level != "QONNX reference (float)")
+    ok = all(lv.status != "FAIL" for lv in levels if lv.level not in REAL_VALUED_LEVELS)
     info = {
         "vectors": len(x),
         "sources": counts,
@@ -874,7 +998,11 @@ def _hls_trace_codes(ctx: Context, hls: Any, x: np.ndarray) -> dict[str, np.ndar
         v = np.asarray(tr[hits[0]], np.float64)
         if v.size != len(x) * int(np.prod(shape)):
             continue
-        q = v.reshape(len(x), *shape) / g.tensors[target.output].scale
+        info = g.tensors[target.output]
+        if info.pot or t is None:
+            q = v.reshape(len(x), *shape) / info.scale
+        else:  # per-channel / real scale: the layer holds the raw code at its type's LSB
+            q = np.ldexp(v.reshape(len(x), *shape), t.frac)
         out[target.output] = np.rint(q).astype(np.int64)
     return out
 
@@ -907,6 +1035,71 @@ def _brevitas_level(ctx: Context, g: GoldenModel, x: np.ndarray, ref: np.ndarray
         lambda xc: torch_trace_codes(model, xc.astype(np.float64) * g.input_real_scale, g),
     )
     res.extra["off_grid_outputs"] = off_grid
+    return res
+
+
+#: Vectors the real-valued references (QONNX execution, the original file) run on.
+ORIGINAL_VECTORS = 2000
+#: Levels that measure the fixed-point approximation of real scales; they never fail verify.
+REAL_VALUED_LEVELS = ("QONNX reference (float)", "original model file")
+
+
+def _original_outputs(ctx: Context, g: GoldenModel, x: np.ndarray) -> np.ndarray:
+    """The user's original model (``--onnx`` file or ``--keras`` model) run on ``x``'s real values."""
+    xr = x.astype(np.float64) * g.input_real_scale
+    if ctx.cfg.keras:
+        from edgeml.keras_frontend import load_keras_model
+
+        model = load_keras_model(ctx.cfg.keras)
+        if xr.ndim == 4:  # the QONNX input is NCHW; the Keras model takes NHWC
+            xr = np.transpose(xr, (0, 2, 3, 1))
+        y = model.predict(xr.astype(np.float32), verbose=0, batch_size=min(len(xr), 1024))
+        return np.asarray(y, dtype=np.float64)
+    from edgeml.export import parse_onnx
+    from edgeml.reference import execute_original
+
+    return execute_original(parse_onnx(ctx.cfg.onnx or ""), xr)
+
+
+def _original_reference(ctx: Context, g: GoldenModel, x: np.ndarray, ref: np.ndarray) -> Any:
+    """Agreement of the firmware's numbers with the user's original file, before any rewrite.
+
+    Real-valued: differences come from fixed-point approximations of real scales or
+    preprocessing (and a cut ``--output`` tail, where only top-1 is comparable).
+    """
+    from edgeml import verify as V
+
+    t0 = time.perf_counter()
+    try:
+        y = _original_outputs(ctx, g, x).reshape(len(x), -1)
+    except Exception as exc:  # the reference is informative; it must not hide the real levels
+        return V.skipped(
+            "original model file",
+            f"could not execute the original model ({type(exc).__name__}: {str(exc)[:200]})",
+        )
+    gv = (ref.astype(np.float64) * np.asarray(g.output_scale, np.float64)).reshape(len(x), -1)
+    agree = float(np.mean(gv.argmax(1) == y.argmax(1)))
+    cut = ctx.cfg.ingest.output
+    if cut or gv.shape != y.shape:
+        note = f"argmax agreement {agree:.4f} (output cut at {cut!r}; values not comparable)"
+        worst, bad = None, int(np.sum(gv.argmax(1) != y.argmax(1)))
+    else:
+        diff = np.abs(gv - y)
+        worst = float(np.nanmax(diff)) if diff.size and not np.isnan(diff).all() else None
+        bad = int((~(diff == 0)).any(axis=1).sum())
+        shown = "n/a (NaN)" if worst is None else f"{worst:.3g}"
+        note = f"max |real diff| {shown}, argmax agreement {agree:.4f}"
+    res = V.LevelResult(
+        "original model file",
+        len(x),
+        bad,
+        bad,
+        0,
+        status="PASS" if bad == 0 else "APPROX",
+        seconds=time.perf_counter() - t0,
+        note=note,
+    )
+    res.extra.update({"argmax_agreement": agree, "max_abs_diff": worst})
     return res
 
 

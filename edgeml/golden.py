@@ -32,6 +32,7 @@ import numpy as np
 
 from edgeml.errors import CorruptFileError, InputRangeError, UnsupportedOpError
 from edgeml.fixed import FixedType, type_for_range
+from edgeml.softmax import SoftmaxParams, exp_table, inv_table, softmax_codes, softmax_params
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,11 @@ SUPPORTED_OPS: tuple[str, ...] = (
     "Reshape",
     "Transpose",
     "Identity",
+    "Softmax",
+    "Sign",
+    "Clip",
+    "LeakyRelu",
+    "Div",
 )
 
 
@@ -350,10 +356,107 @@ class Bipolar(Op):
         return np.where(x >= 0, 1, -1).astype(np.int64)
 
 
+@dataclass
+class Sign(Op):
+    """ONNX Sign on codes: ``-1``, ``0`` or ``+1`` (output LSB 1)."""
+
+    kind: ClassVar[str] = "sign"
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return np.sign(x).astype(np.int64)
+
+
+@dataclass
+class LeakyRelu(Op):
+    """``y = x * pos_mult`` where ``x >= 0`` else ``x * neg_mult`` (alpha as a fixed-point ratio)."""
+
+    kind: ClassVar[str] = "leakyrelu"
+    pos_mult: int = 1
+    neg_mult: int = 1
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return np.where(x >= 0, x * self.pos_mult, x * self.neg_mult)
+
+
+@dataclass
+class Softmax(Op):
+    """hls4ml 1.3's ``softmax_stable`` over the last axis, bit for bit (see :mod:`edgeml.softmax`).
+
+    The types are hls4ml's ``inp_norm_t``, ``exp_table_t``, ``accum_t``, ``inv_inp_t``,
+    ``inv_table_t`` and the result type; the tables are their integer codes.
+    """
+
+    kind: ClassVar[str] = "softmax"
+    n: int = 1
+    in_frac: int = 0
+    exp_scale: float = 1.0
+    norm_type: FixedType = field(default_factory=lambda: FixedType(False, 10, 7))
+    exp_type: FixedType = field(default_factory=lambda: FixedType(False, 18, 17))
+    accum_type: FixedType = field(default_factory=lambda: FixedType(False, 18, 17))
+    inv_inp_type: FixedType = field(default_factory=lambda: FixedType(False, 10, 9))
+    inv_type: FixedType = field(default_factory=lambda: FixedType(False, 18, 17))
+    out_type: FixedType = field(default_factory=lambda: FixedType(False, 18, 17))
+    exp_table: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    inv_table: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+
+    @property
+    def params(self) -> SoftmaxParams:
+        """The hls4ml types and shifts this op computes with."""
+        return SoftmaxParams(
+            self.n,
+            self.in_frac,
+            self.exp_scale,
+            self.norm_type,
+            self.exp_type,
+            self.accum_type,
+            self.inv_inp_type,
+            self.inv_type,
+            self.out_type,
+        )
+
+    @classmethod
+    def create(cls, name: str, src: str, out: str, p: SoftmaxParams) -> Softmax:
+        """A Softmax op with tables computed from ``p`` as hls4ml's ``init_*_table`` do."""
+        return cls(
+            name,
+            [src],
+            out,
+            exact_vs_qonnx=False,
+            n=p.n,
+            in_frac=p.in_frac,
+            exp_scale=p.exp_scale,
+            norm_type=p.norm_type,
+            exp_type=p.exp_type,
+            accum_type=p.accum_type,
+            inv_inp_type=p.inv_inp_type,
+            inv_type=p.inv_type,
+            out_type=p.out_type,
+            exp_table=exp_table(p),
+            inv_table=inv_table(p),
+        )
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return softmax_codes(x, self.params, self.exp_table, self.inv_table)
+
+
 #: Op classes by name, for reading a saved golden IR back (:meth:`GoldenModel.load`).
 _OP_CLASSES: dict[str, type[Op]] = {
     c.__name__: c
-    for c in (Requant, Affine, Dense, Conv, Relu, MaxPool, Reshape, Transpose, AddTensors, Bipolar)
+    for c in (
+        Requant,
+        Affine,
+        Dense,
+        Conv,
+        Relu,
+        MaxPool,
+        Reshape,
+        Transpose,
+        AddTensors,
+        Bipolar,
+        Sign,
+        LeakyRelu,
+        Softmax,
+    )
 }
 #: Format tag of ``golden.npz``; bump when the IR's fields change.
 GOLDEN_IR_FORMAT = "edgeml-golden-ir/1"
@@ -368,6 +471,15 @@ class GoldenOptions:
 
     mult_frac_bits: int = 16
     affine_frac_bits: int = 16
+    #: extra fractional bits an affine op may take to keep ``affine_frac_bits`` significant
+    #: bits in a multiplier below 1 (bounded: da4ml traces constants in float64)
+    affine_extra_bits: int = 8
+    #: Softmax (hls4ml ``softmax_stable``): log2 of the exp / inverse table sizes, the
+    #: range ``[0, 2**softmax_range_bits)`` of ``x_max - x`` and the tables' width.
+    softmax_table_bits: int = 10
+    softmax_inv_table_bits: int = 12
+    softmax_range_bits: int = 3
+    softmax_table_width: int = 18
 
 
 @dataclass
@@ -659,6 +771,11 @@ _ARITY: dict[str, tuple[int, int]] = {
     "Reshape": (2, 2),
     "Transpose": (1, 1),
     "Identity": (1, 1),
+    "Softmax": (1, 1),
+    "Sign": (1, 1),
+    "Clip": (1, 3),
+    "LeakyRelu": (1, 1),
+    "Div": (2, 2),
 }
 #: Input positions that must be constants (quantizer parameters, BN statistics, shapes).
 _PARAMS: dict[str, tuple[int, ...]] = {
@@ -701,6 +818,8 @@ class _Compiler:
         self.bounds: dict[str, tuple[int, int]] = {}
         self.ops: list[Op] = []
         self.notes: list[str] = []
+        #: affine op output -> (its input, real a, real b), so a following constant op merges
+        self.affine_real: dict[str, tuple[str, np.ndarray, np.ndarray]] = {}
         self.alias: dict[str, str] = {}
         self.input_quant: Requant | None = None
         self.input_real_scale = 1.0
@@ -965,9 +1084,9 @@ class _Compiler:
                 src.node,
             )
             return
-        if op in ("Mul", "Add", "Sub"):
+        if op in ("Mul", "Add", "Sub", "Div"):
             a, b = vals[:2]
-            fn = {"Mul": np.multiply, "Add": np.add, "Sub": np.subtract}[op]
+            fn = {"Mul": np.multiply, "Add": np.add, "Sub": np.subtract, "Div": np.divide}[op]
             self.consts[out] = _Const(fn(a, b))
             return
         raise self._unsupported(node, idx, "constant folding of this op is not supported")
@@ -1425,19 +1544,34 @@ class _Compiler:
         )
 
     def _op_Gemm(self, node, idx, name, ins, out):
-        if (
-            self._attr(node, "transA", 0)
-            or float(self._attr(node, "alpha", 1.0)) != 1.0
-            or float(self._attr(node, "beta", 1.0)) != 1.0
-        ):
-            raise self._unsupported(node, idx, "Gemm with transA/alpha/beta (run GemmToMatMul)")
+        """``alpha * A @ op(B) + beta * C`` with constant B, C; alpha/beta fold into their scales."""
+        if self._attr(node, "transA", 0):
+            raise self._unsupported(
+                node,
+                idx,
+                "Gemm with transA=1 (the activation's batch axis would be its 2nd axis; "
+                "edgeml designs take (batch, features) inputs)",
+            )
+        alpha = float(self._attr(node, "alpha", 1.0))
+        beta = float(self._attr(node, "beta", 1.0))
+        if not (math.isfinite(alpha) and math.isfinite(beta)) or alpha == 0.0:
+            raise self._unsupported(node, idx, f"Gemm with alpha={alpha}, beta={beta}")
+        if ins[1] not in self.consts:
+            raise self._unsupported(node, idx, "Gemm with a non-constant B (weights)")
         src = self._dyn(ins[0])
         codes, storage, wscale = self._weight(node, idx, ins[1])
         ws = np.asarray(wscale)
         if self._attr(node, "transB", 0):
             codes = codes.T
             ws = ws.T if ws.ndim == 2 else ws
-        tmp = out + "__mm" if len(ins) > 2 else out
+        if alpha != 1.0:  # the weights' real value is codes * scale * alpha
+            if alpha < 0:
+                codes = -codes
+            ws = ws * abs(alpha)
+            if not _is_pot(abs(alpha)):
+                self.notes.append(f"{name}: Gemm alpha={alpha} folded into the weight scale")
+        has_c = len(ins) > 2 and bool(ins[2]) and beta != 0.0
+        tmp = out + "__mm" if has_c else out
         self._dense_common(
             node,
             idx,
@@ -1450,8 +1584,22 @@ class _Compiler:
             (codes.shape[1],),
             lambda ls, wt: Dense(name, [src], tmp, weight=codes, weight_type=wt, weight_lshift=ls),
         )
-        if len(ins) > 2 and ins[2]:
-            self._add_const(node, idx, name + "_bias", tmp, ins[2], out)
+        if has_c:
+            cname = ins[2]
+            if beta != 1.0:
+                c = self.consts[cname]
+                cname = cname + "__beta"
+                if c.codes is not None and c.scale is not None and beta > 0:
+                    self.consts[cname] = _Const(
+                        c.value * beta, c.codes, c.scale * beta, c.storage, c.node
+                    )
+                elif c.codes is not None and c.scale is not None:
+                    self.consts[cname] = _Const(
+                        c.value * beta, -c.codes, c.scale * -beta, c.storage, c.node
+                    )
+                else:
+                    self.consts[cname] = _Const(c.value * beta)
+            self._add_const(node, idx, name + "_bias", tmp, cname, out)
 
     def _op_Conv(self, node, idx, name, ins, out):
         src = self._dyn(ins[0])
@@ -1611,11 +1759,53 @@ class _Compiler:
             node, idx, name, src, out, np.ones_like(np.atleast_1d(cval)), np.atleast_1d(cval)
         )
 
+    def _merge_affine(
+        self, name: str, src: str, a: np.ndarray, b: np.ndarray
+    ) -> tuple[str, np.ndarray, np.ndarray]:
+        """Fold ``y = x*a + b`` into the affine op that computed ``x`` (Sub then Div of a
+        normalisation, BatchNorm then Mul): one fixed-point multiplier, one rounding."""
+        prev = self.ops[-1] if self.ops else None
+        readers = [n for n in self.graph.node if src in n.input]
+        if (
+            not isinstance(prev, Affine)
+            or prev.output != src
+            or src not in self.affine_real
+            or len(readers) != 1
+            or src in self.alias.values()
+        ):
+            return src, a, b
+        src0, a1, b1 = self.affine_real.pop(src)
+        self.ops.pop()
+        del self.tensors[src], self.bounds[src]
+        self.notes = [n for n in self.notes if not n.startswith(f"{prev.name}:")]
+        self.notes.append(f"{name}: merged with the constant op {prev.name} before it")
+        return src0, np.asarray(a1 * a, np.float64), np.asarray(b1 * a + b, np.float64)
+
     def _affine(self, node, idx, name, src, out, a: np.ndarray, b: np.ndarray) -> None:
         """y = x*a + b (real, per channel) as fixed point: codes*mult + offset at 2**-F."""
+        src, a, b = self._merge_affine(name, src, np.asarray(a), np.asarray(b))
+        self.affine_real[out] = (src, a, b)
         ti = self.tensors[src]
         F = self.options.affine_frac_bits
         real_mult = np.asarray(ti.scale, np.float64) * a  # value per input code
+        top = float(np.max(np.abs(real_mult), initial=0.0))
+        if 0.0 < top < 1.0:
+            # keep affine_frac_bits significant bits in the largest multiplier (up to
+            # affine_extra_bits more fractional bits): after a fine LSB (an earlier affine
+            # op, FINN's Mul(1/255)) a multiplier of order 1 would otherwise keep 1-2 bits
+            F = min(
+                self.options.affine_frac_bits - _log2_int(top),
+                self.options.affine_frac_bits + self.options.affine_extra_bits,
+            )
+            if np.all(np.rint(np.ldexp(real_mult, F)) == 0):  # tinier still: never all-zero
+                F = self.options.affine_frac_bits - _log2_int(top)
+            # ...but a multiplier that is exact at a coarser binary point (a bias Add after
+            # an affine op multiplies by the input's LSB, a power of two) keeps that point,
+            # so chains of constant ops do not widen by F bits each
+            for f_exact in range(self.options.affine_frac_bits, F):
+                if np.all(np.ldexp(real_mult, f_exact) == np.rint(np.ldexp(real_mult, f_exact))):
+                    F = f_exact
+                    break
         lo, hi = self.bounds[src]
         widest = (np.max(np.abs(real_mult), initial=0.0) * max(abs(lo), abs(hi))) + np.max(
             np.abs(b), initial=0.0
@@ -1664,12 +1854,165 @@ class _Compiler:
             lo, hi = self.bounds[src]
             self._add_tensor(out, ti.shape, lo, hi, ti.scale * float(c.reshape(-1)[0]))
             return
+        if c.size == 1 and float(c.reshape(-1)[0]) > 0 and self._rescale_ok(out):
+            # A positive real scalar (FINN's Mul(1/255), a dequantising tail) only changes
+            # what one code is worth: the codes pass unchanged with a real-valued LSB, and
+            # the next quantizer or affine op folds it into its one fixed-point multiplier
+            # (exact here; multiplying codes by a rounded 1/255 would lose precision).
+            self.ops.append(Reshape(name, [src], out, shape=ti.shape))
+            lo, hi = self.bounds[src]
+            self._add_tensor(out, ti.shape, lo, hi, ti.scale * float(c.reshape(-1)[0]))
+            return
         cv = c.reshape(-1)
         if cv.size not in (1, ti.shape[-1]):
             raise self._unsupported(
                 node, idx, f"constant of shape {c.shape} (per-channel or scalar only)"
             )
         self._affine(node, idx, name, src, out, cv, np.zeros_like(cv))
+
+    #: Ops that take a tensor with a real-valued (non power-of-two) scalar LSB as it is.
+    _REAL_SCALE_READERS = frozenset(
+        {"MatMul", "Gemm", "Conv", "Quant", "Mul", "Div", "BatchNormalization", "Relu", "MaxPool"}
+        | set(LAYOUT_OPS)
+    )
+
+    def _rescale_ok(self, tensor: str) -> bool:
+        """True if every reader of ``tensor`` handles a real-valued LSB (a graph output does:
+        its scale is reported with the codes); an Add of two tensors needs aligned scales."""
+        readers = [n for n in self.graph.node if tensor in n.input]
+        for n in readers:
+            if n.op_type == "Add" and all(i not in self.consts for i in n.input):
+                return False
+            if n.op_type not in self._REAL_SCALE_READERS and n.op_type not in ("Add", "Sub"):
+                return False
+            if n.op_type in LAYOUT_OPS and not self._rescale_ok(n.output[0]):
+                return False
+        return True
+
+    def _op_Div(self, node, idx, name, ins, out):
+        """Tensor / constant: a multiply by the reciprocal (exact for powers of two)."""
+        a, b = ins
+        if b not in self.consts:
+            raise self._unsupported(node, idx, "Div by a tensor (only tensor / constant)")
+        c = np.asarray(self.consts[b].value, np.float64)
+        if np.any(c == 0):
+            raise self._unsupported(node, idx, "division by a zero constant")
+        self.consts[b + "__recip"] = _Const(1.0 / c)
+        self._op_Mul(node, idx, name, [a, b + "__recip"], out)
+
+    def _op_Sign(self, node, idx, name, ins, out):
+        src = self._dyn(ins[0])
+        self.ops.append(Sign(name, [src], out))
+        self._add_tensor(out, self.tensors[src].shape, -1, 1, np.asarray(1.0))
+
+    def _op_Clip(self, node, idx, name, ins, out):
+        """Clip to constant bounds: saturation on codes (exact when the bounds are on the code grid)."""
+        src = self._dyn(ins[0])
+        ti = self.tensors[src]
+        bounds = []
+        for pos, attr in ((1, "min"), (2, "max")):
+            if len(ins) > pos and ins[pos]:
+                if ins[pos] not in self.consts:
+                    raise self._unsupported(node, idx, f"its {attr} input is not a constant")
+                v = np.asarray(self.consts[ins[pos]].value, np.float64).reshape(-1)
+                if v.size != 1:
+                    raise self._unsupported(node, idx, f"non-scalar {attr} {v[:4]}")
+                bounds.append(float(v[0]))
+            else:
+                a = self._attr(node, attr)  # opset < 11 keeps them as attributes
+                bounds.append(None if a is None else float(a))
+        if ti.scale.size > 1:
+            raise self._unsupported(node, idx, "Clip of a per-channel-scaled tensor")
+        s = float(ti.scale)
+        plo, phi = self.bounds[src]
+        lo = plo if bounds[0] is None else max(plo, math.ceil(bounds[0] / s))
+        hi = phi if bounds[1] is None else min(phi, math.floor(bounds[1] / s))
+        if lo > hi:
+            raise self._unsupported(node, idx, f"empty range [{bounds[0]}, {bounds[1]}]")
+        on_grid = all(b is None or (b / s).is_integer() for b in bounds)
+        if not on_grid:
+            self.notes.append(
+                f"{name}: Clip bounds {bounds} are not multiples of the LSB {s:g}; saturated "
+                f"to the nearest codes inside ([{lo}, {hi}] x {s:g}), which differs from QONNX "
+                "where a value is clipped to an off-grid bound"
+            )
+        self.ops.append(
+            Requant(name, [src], out, rounding="FLOOR", lo=lo, hi=hi, exact_vs_qonnx=on_grid)
+        )
+        self._add_tensor(out, ti.shape, lo, hi, ti.scale)
+
+    def _op_LeakyRelu(self, node, idx, name, ins, out):
+        """``x`` if ``x >= 0`` else ``alpha * x``: exact for power-of-two alpha, else fixed point."""
+        src = self._dyn(ins[0])
+        ti = self.tensors[src]
+        alpha = float(self._attr(node, "alpha", 0.01))
+        if not math.isfinite(alpha):
+            raise self._unsupported(node, idx, f"alpha {alpha}")
+        if alpha == 0.0:
+            pos, neg, k, exact = 1, 0, 0, True
+        elif _is_pot(abs(alpha)):
+            e = _log2_int(abs(alpha))
+            k = max(-e, 0)  # fractional bits added to keep alpha * x exact
+            pos, neg, exact = 1 << k, int(math.copysign(1, alpha)) << (e + k), True
+        else:
+            k = self.options.affine_frac_bits
+            neg = int(np.rint(alpha * 2.0**k))
+            pos, exact = 1 << k, neg * 2.0**-k == alpha
+            while k and pos % 2 == 0 and neg % 2 == 0:
+                pos, neg, k = pos // 2, neg // 2, k - 1
+            if not exact:
+                self.notes.append(
+                    f"{name}: LeakyRelu alpha {alpha} approximated as {neg}/2**{k} "
+                    f"(abs. err {abs(neg * 2.0**-k - alpha):.2e})"
+                )
+        lo, hi = self.bounds[src]
+        cand = [max(lo, 0) * pos, max(hi, 0) * pos, min(lo, 0) * neg, min(hi, 0) * neg]
+        self.ops.append(
+            LeakyRelu(name, [src], out, pos_mult=pos, neg_mult=neg, exact_vs_qonnx=exact)
+        )
+        self._add_tensor(out, ti.shape, min(cand), max(cand), ti.scale * 2.0**-k)
+
+    def _op_Softmax(self, node, idx, name, ins, out):
+        """Softmax over the last axis, as hls4ml 1.3's ``softmax_stable`` computes it."""
+        src = self._dyn(ins[0])
+        ti = self.tensors[src]
+        rank = len(ti.shape) + 1
+        default_axis = -1 if self._opset() >= 13 else 1
+        axis = int(self._attr(node, "axis", default_axis))
+        if axis not in (-1, rank - 1) and not (self._opset() < 13 and axis == rank - 1):
+            raise self._unsupported(
+                node, idx, f"Softmax over axis {axis} of a rank-{rank} tensor (only the last axis)"
+            )
+        if self._opset() < 13 and len(ti.shape) > 1 and axis != rank - 1:
+            raise self._unsupported(node, idx, "opset < 13 Softmax over several axes")
+        if ti.scale.size > 1:
+            raise self._unsupported(node, idx, "Softmax of a per-channel-scaled tensor")
+        o = self.options
+        p = softmax_params(
+            ti.type,
+            float(ti.scale),
+            ti.shape[-1],
+            table_bits=o.softmax_table_bits,
+            inv_table_bits=o.softmax_inv_table_bits,
+            range_bits=o.softmax_range_bits,
+            table_width=o.softmax_table_width,
+            out_width=o.softmax_table_width,
+        )
+        op = Softmax.create(name, src, out, p)
+        self.ops.append(op)
+        self.notes.append(
+            f"{name}: Softmax as hls4ml softmax_stable: x_max - x saturates at "
+            f"2**{o.softmax_range_bits}, exp table {p.exp_table_size} x {p.exp_type.hls()}, "
+            f"inverse table {p.inv_table_size} x {p.inv_type.hls()}, output {p.out_type.hls()}"
+        )
+        self._add_tensor(out, ti.shape, 0, 1 << p.out_type.frac, np.asarray(2.0**-p.out_type.frac))
+        self.tensors[out].type = p.out_type
+
+    def _opset(self) -> int:
+        for imp in self.mw.model.opset_import:
+            if imp.domain in ("", "ai.onnx"):
+                return int(imp.version)
+        return 13
 
     def _op_BatchNormalization(self, node, idx, name, ins, out):
         src = self._dyn(ins[0])

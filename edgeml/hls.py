@@ -105,19 +105,20 @@ from edgeml.errors import (
     UnsupportedOpError,
 )
 from edgeml.fixed import FixedType
+from edgeml.manifest import sha256
 
 logger = logging.getLogger(__name__)
 
 METADATA_FILE = "edgeml_hls.json"
 DEFAULT_PART = "xcvu13p-flga2577-2-e"
-_MAX_EXACT_DOUBLE_BITS = 53
-_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+MAX_EXACT_DOUBLE_BITS = 53
+NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 # --------------------------------------------------------------------------- helpers
 
 
-def _require_gxx() -> None:
+def require_gxx() -> None:
     """hls4ml's ``build_lib.sh`` calls ``g++``; fail early with a clear message."""
     if shutil.which("g++") is None:
         raise DependencyError(
@@ -126,15 +127,15 @@ def _require_gxx() -> None:
         )
 
 
-def _fixed_to_json(t: FixedType) -> dict[str, Any]:
+def fixed_to_json(t: FixedType) -> dict[str, Any]:
     return dataclasses.asdict(t)
 
 
-def _fixed_from_json(d: dict[str, Any]) -> FixedType:
+def fixed_from_json(d: dict[str, Any]) -> FixedType:
     return FixedType(bool(d["signed"]), int(d["width"]), int(d["frac"]))
 
 
-def _fixed_from_hls4ml(precision: Any) -> FixedType | None:
+def fixed_from_hls4ml(precision: Any) -> FixedType | None:
     """edgeml FixedType of an hls4ml precision type (None for non-fixed types)."""
     from hls4ml.model.types import FixedPrecisionType, IntegerPrecisionType
 
@@ -147,12 +148,8 @@ def _fixed_from_hls4ml(precision: Any) -> FixedType | None:
     return None
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 @contextlib.contextmanager
-def _quiet(what: str):
+def quiet_hls4ml(what: str):
     """Capture hls4ml's print() chatter and hand it to the debug log instead."""
     buf = io.StringIO()
     try:
@@ -245,7 +242,7 @@ def _set_output_type(hls_model: Any, output_type: FixedType) -> str:
     layer = next(lay for lay in hls_model.get_layers() if out_names[0] in lay.outputs)
     var = layer.get_output_variable()
     current = var.type.precision
-    cur = _fixed_from_hls4ml(current)
+    cur = fixed_from_hls4ml(current)
     if cur is None:
         raise UnsupportedOpError(
             f"output layer {layer.name} has the non-fixed-point type {current}; edgeml compares integer codes only."
@@ -253,15 +250,24 @@ def _set_output_type(hls_model: Any, output_type: FixedType) -> str:
     if _is_quantizer_type(current):
         # The output is a QONNX Quant's result (AP_RND_CONV / AP_SAT...): that type *is*
         # the semantics; replacing it would drop the rounding and saturation.
-        if cur != output_type:
+        # The golden model's range analysis can give a narrower type than the quantizer
+        # declares (a Quant whose reachable codes are fewer): the codes are the same
+        # when the binary point is, and every golden code fits the quantizer's type.
+        fits = (
+            cur.frac == output_type.frac
+            and output_type.qmin >= cur.qmin
+            and output_type.qmax <= cur.qmax
+        )
+        if not fits:
             raise ConfigError(
                 f"output layer {layer.name} is a quantizer with type {current} "
                 f"(= FixedType(signed={cur.signed}, width={cur.width}, frac={cur.frac})), but output_type is "
-                f"{output_type}. Pass output_type equal to the final Quant's type."
+                f"{output_type}. Pass output_type equal to the final Quant's type (or one "
+                "with its binary point whose range it holds)."
             )
         return layer.name
     accum = layer.types["accum_t"].precision if "accum_t" in layer.types else current
-    exact = _fixed_from_hls4ml(accum) or cur
+    exact = fixed_from_hls4ml(accum) or cur
     if output_type.frac < exact.frac:
         raise ConfigError(
             f"output_type {output_type.hls()} keeps {output_type.frac} fractional bits, but layer {layer.name} "
@@ -288,7 +294,7 @@ def _audit_types(hls_model: Any, default_precision: str) -> None:
     """Log layer types that signal a likely inexactness (default-type fallback, half-up rounding)."""
     from hls4ml.model.types import RoundingMode
 
-    default = _fixed_from_hls4ml(
+    default = fixed_from_hls4ml(
         hls_model.config.backend.convert_precision_string(default_precision)
     )
     for layer in hls_model.get_layers():
@@ -302,7 +308,7 @@ def _audit_types(hls_model: Any, default_precision: str) -> None:
         if (
             layer.class_name != "Input"
             and default is not None
-            and _fixed_from_hls4ml(prec) == default
+            and fixed_from_hls4ml(prec) == default
         ):
             logger.warning(
                 "layer %s (%s) got the default precision %s: hls4ml could not infer an exact type for it; "
@@ -485,8 +491,8 @@ class HlsDesign:
             design = cls(
                 project_dir=project_dir,
                 name=meta["name"],
-                input_type=_fixed_from_json(meta["input_type"]),
-                output_type=_fixed_from_json(meta["output_type"]),
+                input_type=fixed_from_json(meta["input_type"]),
+                output_type=fixed_from_json(meta["output_type"]),
                 input_shape=tuple(meta["input_shape"]),
                 output_shape=tuple(meta["output_shape"]),
                 lib_path=project_dir / meta["lib"],
@@ -494,7 +500,7 @@ class HlsDesign:
                     TracedLayer(
                         t["name"],
                         tuple(t["shape"]),
-                        _fixed_from_json(t["type"]) if t["type"] else None,
+                        fixed_from_json(t["type"]) if t["type"] else None,
                     )
                     for t in meta["traced"]
                 ],
@@ -528,7 +534,7 @@ class HlsDesign:
         library by path, so reusing the old name in one process would run the
         old code.
         """
-        _require_gxx()
+        require_gxx()
         logger.info("recompiling C-sim of %s (%s)", self.project_dir, self.rebuilt_because)
         t0 = time.perf_counter()
         proc = subprocess.run(
@@ -756,14 +762,14 @@ def convert_hls(
         CorruptFileError: the ONNX file cannot be read.
     """
     onnx_path, project_dir = Path(onnx_path), Path(project_dir)
-    if not _NAME_RE.match(name):
+    if not NAME_RE.match(name):
         raise ConfigError(
             f"name {name!r} must be a C identifier ([A-Za-z_][A-Za-z0-9_]*): it names the top function."
         )
     for label, t in (("input_type", input_type), ("output_type", output_type)):
-        if t.width > _MAX_EXACT_DOUBLE_BITS:
+        if t.width > MAX_EXACT_DOUBLE_BITS:
             raise ConfigError(
-                f"{label} {t.hls()} is wider than {_MAX_EXACT_DOUBLE_BITS} bits; C-sim values pass through double "
+                f"{label} {t.hls()} is wider than {MAX_EXACT_DOUBLE_BITS} bits; C-sim values pass through double "
                 "and would round. Use a narrower type."
             )
     if reuse_factor < 1:
@@ -772,7 +778,7 @@ def convert_hls(
         raise CorruptFileError(
             f"QONNX file {onnx_path} does not exist; run the export stage first."
         )
-    with _quiet("import"):
+    with quiet_hls4ml("import"):
         import hls4ml
         from hls4ml.converters.onnx_to_hls import replace_char_inconsitency, sanitize_layer_name
         from qonnx.core.modelwrapper import ModelWrapper
@@ -783,12 +789,12 @@ def convert_hls(
         raise CorruptFileError(f"cannot read QONNX model {onnx_path}: {exc}") from exc
     in_name, in_shape, _out_name, out_shape = _graph_io(model)
     _check_supported_ops(model)
-    _require_gxx()
-    _prepare_dir(project_dir)
+    require_gxx()
+    prepare_project_dir(project_dir)
 
     # ---- hls4ml config
     try:
-        with _quiet("config_from_onnx_model"):
+        with quiet_hls4ml("config_from_onnx_model"):
             cfg = hls4ml.utils.config_from_onnx_model(
                 model,
                 granularity="name",
@@ -813,7 +819,7 @@ def convert_hls(
 
     # ---- convert
     try:
-        with _quiet("convert_from_onnx_model"):
+        with quiet_hls4ml("convert_from_onnx_model"):
             hls_model = hls4ml.converters.convert_from_onnx_model(
                 model,
                 output_dir=str(project_dir),
@@ -829,6 +835,7 @@ def convert_hls(
 
     _check_input_type(hls_model, input_type)
     _check_forced_types(hls_model, layer_types or {})
+    _configure_softmax(hls_model, model)  # helper B: Softmax tables/types from the golden model
     _audit_types(hls_model, default_precision)
     output_layer = _set_output_type(hls_model, output_type)
 
@@ -844,20 +851,64 @@ def convert_hls(
             f"hls4ml's output {[v.shape for v in hls_out]} does not match the QONNX output {out_shape}."
         )
 
+    return finish_project(
+        hls_model,
+        project_dir,
+        name=name,
+        what=f"the hls4ml C-sim of {onnx_path.name}",
+        trace=trace,
+        input_type=input_type,
+        output_type=output_type,
+        input_shape=tuple(in_shape[1:]),
+        output_shape=tuple(out_shape[1:]),
+        output_layer=output_layer,
+        meta={
+            "route": "qonnx",
+            "onnx": str(onnx_path),
+            "onnx_sha256": sha256(onnx_path),
+            "part": part,
+            "clock_period": clock_period,
+            "reuse_factor": reuse_factor,
+            "layer_types": {k: fixed_to_json(v) for k, v in (layer_types or {}).items()},
+        },
+    )
+
+
+def finish_project(
+    hls_model: Any,
+    project_dir: Path,
+    *,
+    name: str,
+    what: str,
+    trace: bool,
+    input_type: FixedType,
+    output_type: FixedType,
+    input_shape: tuple[int, ...],
+    output_shape: tuple[int, ...],
+    output_layer: str,
+    meta: dict[str, Any],
+) -> HlsDesign:
+    """Compile a written hls4ml project's C-sim, record its metadata, open it.
+
+    The one ending of every route that writes a project (hls4ml's QONNX front end,
+    :mod:`edgeml.hls_ir`): per-layer tracing (``#ifndef __SYNTHESIS__`` only), the
+    compile, the completeness check, and ``METADATA_FILE`` (``meta`` adds the route's
+    own keys: source model, part, clock, ...), which :meth:`HlsDesign.load` reads.
+    """
+    import hls4ml
+
     traced: list[TracedLayer] = []
     if trace:
         hls_model.config.trace_output = True
         for layer in hls_model.get_layers():
             layer.set_attr("trace", True)  # the writer skips layers without a C++ call (Input)
-
-    # ---- compile
     t0 = time.perf_counter()
     try:
-        with _quiet("compile"):
+        with quiet_hls4ml("compile"):
             hls_model.compile()
     except Exception as exc:
         raise EdgemlError(
-            f"g++ failed to compile the hls4ml C-sim of {onnx_path.name} in {project_dir}: {exc}. "
+            f"g++ failed to compile {what} in {project_dir}: {exc}. "
             f"Run {project_dir}/build_lib.sh there to see the compiler output."
         ) from exc
     compile_seconds = time.perf_counter() - t0
@@ -869,10 +920,9 @@ def convert_hls(
                     TracedLayer(
                         layer.name,
                         tuple(int(d) for d in var.shape),
-                        _fixed_from_hls4ml(var.type.precision),
+                        fixed_from_hls4ml(var.type.precision),
                     )
                 )
-
     lib = project_dir / "firmware" / f"{name}-{hls_model.config.get_config_value('Stamp')}.so"
     missing = [
         p
@@ -883,24 +933,23 @@ def convert_hls(
         raise EdgemlError(
             f"hls4ml wrote an incomplete project in {project_dir}: missing {missing or [lib.name]}."
         )
-
     design = HlsDesign(
         project_dir=project_dir,
         name=name,
         input_type=input_type,
         output_type=output_type,
-        input_shape=tuple(in_shape[1:]),
-        output_shape=tuple(out_shape[1:]),
+        input_shape=tuple(input_shape),
+        output_shape=tuple(output_shape),
         lib_path=lib,
         traced=traced,
         output_layer=output_layer,
         compile_seconds=compile_seconds,
     )
-    meta = {
+    record = {
         "name": name,
         "lib": str(lib.relative_to(project_dir)),
-        "input_type": _fixed_to_json(input_type),
-        "output_type": _fixed_to_json(output_type),
+        "input_type": fixed_to_json(input_type),
+        "output_type": fixed_to_json(output_type),
         "input_shape": list(design.input_shape),
         "output_shape": list(design.output_shape),
         "output_layer": output_layer,
@@ -908,7 +957,7 @@ def convert_hls(
             {
                 "name": t.name,
                 "shape": list(t.shape),
-                "type": _fixed_to_json(t.type) if t.type else None,
+                "type": fixed_to_json(t.type) if t.type else None,
             }
             for t in traced
         ],
@@ -919,30 +968,20 @@ def convert_hls(
             }
             for layer in hls_model.get_layers()
         },
-        "onnx": str(onnx_path),
-        "onnx_sha256": _sha256(onnx_path),
-        "part": part,
-        "clock_period": clock_period,
-        "reuse_factor": reuse_factor,
-        "layer_types": {k: _fixed_to_json(v) for k, v in (layer_types or {}).items()},
+        **meta,
         "compile_seconds": compile_seconds,
         "compiled_in": str(project_dir.resolve()),
         "sources_sha256": sources_sha256(project_dir),
         "hls4ml_version": hls4ml.__version__,
         "python": sys.version.split()[0],
     }
-    (project_dir / METADATA_FILE).write_text(json.dumps(meta, indent=2))
-    logger.info(
-        "hls4ml project %s written to %s; C-sim compiled in %.1f s",
-        name,
-        project_dir,
-        compile_seconds,
-    )
+    (project_dir / METADATA_FILE).write_text(json.dumps(record, indent=2))
+    logger.info("%s written to %s; C-sim compiled in %.1f s", what, project_dir, compile_seconds)
     design._open()
     return design
 
 
-def _prepare_dir(project_dir: Path) -> None:
+def prepare_project_dir(project_dir: Path) -> None:
     """Refuse to write over unrelated files; clear an earlier hls4ml project (stale weights, .so)."""
     if project_dir.exists():
         if not project_dir.is_dir():
@@ -971,7 +1010,7 @@ def _conversion_error(exc: Exception, onnx_path: Path) -> EdgemlError:
 
 
 def _check_input_type(hls_model: Any, input_type: FixedType) -> None:
-    got = _fixed_from_hls4ml(hls_model.get_input_variables()[0].type.precision)
+    got = fixed_from_hls4ml(hls_model.get_input_variables()[0].type.precision)
     if got != input_type:
         raise ConfigError(
             f"hls4ml gave the input the type {got}, not input_type {input_type}; check the input layer's name."
@@ -988,7 +1027,7 @@ def _check_forced_types(hls_model: Any, layer_types: dict[str, FixedType]) -> No
             for lay in layers
             if lay.name == key or lay.name.startswith(key + "_") or lay.name.endswith("_" + key)
         ]
-        got = [_fixed_from_hls4ml(lay.get_output_variable().type.precision) for lay in hits]
+        got = [fixed_from_hls4ml(lay.get_output_variable().type.precision) for lay in hits]
         if not hits or want not in got:
             names = ", ".join(
                 f"{lay.name}={lay.get_output_variable().type.precision}" for lay in layers
@@ -997,3 +1036,18 @@ def _check_forced_types(hls_model: Any, layer_types: dict[str, FixedType]) -> No
                 f"layer_types[{key!r}] = {want.hls()} did not reach any hls4ml layer (hls4ml fuses bias Adds into the "
                 f"MatMul/Conv layer and keeps Quant types as they are). hls4ml layers: {names}."
             )
+
+
+# ---- Softmax (owned by the golden/RTL helper; keep this block self-contained)
+def _configure_softmax(hls_model: Any, model: Any) -> None:
+    """Set every Softmax layer's tables and types from the golden model (edgeml.softmax).
+
+    hls4ml's ``auto`` types index the exp table with the top bits of a very wide input,
+    so every class got 1/n; the golden model's explicit types make C-sim == golden.
+    """
+    if not any(layer.class_name == "Softmax" for layer in hls_model.get_layers()):
+        return
+    from edgeml.golden import GoldenModel
+    from edgeml.softmax import configure_hls_softmax
+
+    configure_hls_softmax(hls_model, GoldenModel.from_onnx(model).ops)

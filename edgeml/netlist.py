@@ -276,6 +276,9 @@ def _parse_module_text(text: str) -> list[_Module]:
                 if im.group(2):
                     for p in im.group(2).split(","):
                         p = p.strip()
+                        if im.group(1) == "lookup_table" and re.fullmatch(r'"[\w.\-]+"', p):
+                            params.append(p.strip('"'))  # the ROM's memory file
+                            continue
                         if not re.fullmatch(r"-?\d+", p):
                             raise NetlistUnsupported(f"parameter {p!r} of {im.group(3)}")
                         params.append(int(p))
@@ -313,7 +316,7 @@ def _split_top(s: str) -> list[str]:
     return out
 
 
-_PRIMITIVE_PORTS = {"shift_adder": 3, "mux": 4, "negative": 2}
+_PRIMITIVE_PORTS = {"shift_adder": 3, "mux": 4, "negative": 2, "multiplier": 3, "lookup_table": 2}
 
 
 class NetlistSim:
@@ -447,6 +450,35 @@ class NetlistSim:
         sub = self.modules[st.module]
         return {x for i in sub.inputs if i in st.named for x in _reads(st.named[i])}
 
+    def _lookup(self, p: list, vals: list[tuple[np.ndarray, int]]) -> tuple[np.ndarray, int]:
+        """da4ml's ``lookup_table`` (``static/lookup_table.v``): a ROM read from its ``.mem`` file."""
+        if len(p) != 3 or not isinstance(p[2], str):
+            raise NetlistUnsupported(f"lookup_table with parameters {p}")
+        bw_in, bw_out, mem = p
+        rom = self._roms.get(mem) if hasattr(self, "_roms") else None
+        if rom is None:
+            files = {Path(f).parent for f in self.files.values()}
+            cands = [d / "memfiles" / mem for d in files] + [d / mem for d in files]
+            path = next((c for c in cands if c.is_file()), None)
+            if path is None:
+                raise NetlistUnsupported(f"memory file {mem} of a lookup_table not found")
+            words = path.read_text().split()
+            if len(words) > 1 << bw_in:
+                raise NetlistUnsupported(f"{mem} has more than 2**{bw_in} words")
+            rom = np.zeros(1 << bw_in, _U64)
+            known = np.zeros(1 << bw_in, bool)  # unread words and 'X' words are undefined
+            for i, w in enumerate(words):
+                if "x" not in w.lower():
+                    rom[i], known[i] = int(w, 16), True
+            if not hasattr(self, "_roms"):
+                self._roms: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+            self._roms[mem] = rom = (rom, known)
+        words_, known = rom
+        idx = (vals[0][0] & _mask(bw_in)).astype(np.int64)
+        if not known[idx].all():
+            raise NetlistUnsupported(f"lookup_table reads an undefined ('X') word of {mem}")
+        return words_[idx] & _mask(bw_out), bw_out
+
     def wires(self, x_codes: np.ndarray) -> dict[tuple[str, str], tuple[np.ndarray, int]]:
         """Every signal of at most 64 bits that a statement writes: (module, name) -> (bits, width)."""
         self._record: dict[tuple[str, str], tuple[np.ndarray, int]] | None = {}
@@ -474,7 +506,10 @@ class NetlistSim:
             return
         if st.module in _PRIMITIVE_PORTS:
             vals = [self._eval(a, env, 0) for a in st.args[:-1]]
-            v, w = _primitive(st.module, st.params, vals)
+            if st.module == "lookup_table":
+                v, w = self._lookup(st.params, vals)
+            else:
+                v, w = _primitive(st.module, st.params, vals)
             self._write(st.args[-1], v, w, env)
             if self._probe and self._probe[0] == mod.name and st.inst == self._probe[1]:
                 self._probe_val = v.copy()
@@ -716,6 +751,16 @@ def _primitive(
         if flag == 1:
             b = (np.uint64(0) - b) & _mask(bwo)
         return np.where(key == 1, a, b), bwo
+    if mod == "multiplier":  # static/multiplier.v: low BW_OUT bits of the product
+        if len(p) != 5:
+            raise NetlistUnsupported(f"multiplier with {len(p)} parameters")
+        bw0, bw1, s0, s1, bwo = p
+        if bwo > 64:
+            raise NetlistUnsupported("a multiplier wider than 64 bits")
+        a = _sext(port(0, bw0), bw0) if s0 == 1 else port(0, bw0)
+        b = _sext(port(1, bw1), bw1) if s1 == 1 else port(1, bw1)
+        with np.errstate(over="ignore"):
+            return (a * b) & _mask(bwo), bwo  # two's complement: low bits of the wrapped product
     if mod == "negative":
         bwi, bwo, signed = p
         v = port(0, bwi)

@@ -28,7 +28,10 @@ from edgeml.resources import ResourceEstimate
 
 log = logging.getLogger(__name__)
 
-Status = Literal["PASS", "FAIL", "SKIPPED"]
+#: APPROX: a real-valued reference (QONNX execution, the user's original file) that the
+#: fixed-point firmware approximates; the difference is reported, never a failure.
+Status = Literal["PASS", "FAIL", "SKIPPED", "APPROX"]
+STATUSES: tuple[str, ...] = ("PASS", "FAIL", "SKIPPED", "APPROX")
 TOP_K = 20
 
 
@@ -74,9 +77,9 @@ class BitExactRow:
     reason: str = ""
 
     def __post_init__(self) -> None:
-        if self.status not in ("PASS", "FAIL", "SKIPPED"):
+        if self.status not in STATUSES:
             raise EdgemlError(
-                f"BitExactRow.status must be PASS, FAIL or SKIPPED, got {self.status!r}"
+                f"BitExactRow.status must be one of {', '.join(STATUSES)}, got {self.status!r}"
             )
 
 
@@ -347,7 +350,7 @@ th{background:#eef2f6}
 tr:nth-child(even) td{background:#fafbfc}
 td.num{text-align:right;font-variant-numeric:tabular-nums}
 .PASS{color:#176c2f;font-weight:bold}.FAIL{color:#b0151b;font-weight:bold}
-.SKIPPED{color:#8a6d00;font-weight:bold}
+.SKIPPED{color:#8a6d00;font-weight:bold}.APPROX{color:#35577d;font-weight:bold}
 .muted{color:#777}
 img.plot{max-width:100%;display:block;margin:.5em 0 1.2em;border:1px solid #eee}
 code{background:#f3f3f3;padding:0 .2em}

@@ -9,6 +9,7 @@ import numpy as np
 
 from edgeml.manifest import read_json
 from edgeml.report import (
+    STATUSES,
     AccuracySummary,
     BitExactRow,
     FaultCampaign,
@@ -74,7 +75,7 @@ def build_report(ctx: Context) -> Path:
                     mismatching_elements=lv["mismatching_elements"],
                     max_abs_diff_lsb=lv["max_abs_diff_lsb"],
                     first_divergent_layer=lv.get("first_divergent_layer") or "-",
-                    status=lv["status"] if lv["status"] in ("PASS", "FAIL", "SKIPPED") else "PASS",
+                    status=lv["status"] if lv["status"] in STATUSES else "FAIL",
                     reason=lv.get("note", ""),
                 )
             )
@@ -97,11 +98,22 @@ def build_report(ctx: Context) -> Path:
                 "cycle-level protocol bench incl. reset and valid handshake",
             )
         )
-    if rtl:
+    if rtl.get("skipped"):
+        notes.append(f"RTL not built: {rtl['skipped']}")
+    elif rtl:
         notes.append(
             f"RTL top '{rtl.get('top')}', latency {rtl.get('latency_cycles')} cycles "
             f"(da4ml, {'pipelined' if ctx.cfg.rtl.pipelined else 'combinational'})."
         )
+    hls = _maybe(run.file("hls.json")) or {}
+    if hls.get("route") == "golden-ir":
+        notes.append(
+            "hls4ml project built from the golden integer IR (hls4ml's own QONNX front end "
+            f"was not used: {hls.get('route_reason')})."
+        )
+    ingest = _maybe(run.file("ingest.json")) or {}
+    for change in ingest.get("changes", []):
+        notes.append(f"Ingestion of {Path(str(ingest.get('source'))).name}: {change}")
 
     campaigns: list[FaultCampaign] = []
     camp_path = run.file("faults") / "campaign.npz"

@@ -110,9 +110,12 @@ def estimate_resources(
     *,
     timeout_s: float = 600,
     family: str = "xc7",
+    mem_files: list[Path] | None = None,
 ) -> ResourceEstimate | None:
     """Synthesize ``top`` with yosys ``synth_xilinx`` and count the primitives.
 
+    ``mem_files`` are the ROM contents the Verilog reads with ``$readmemh`` by bare
+    name (da4ml's lookup tables, e.g. Softmax); they are put in yosys' working folder.
     Returns None (with a warning) when no yosys is installed, so a report can
     say so instead of failing. Raises EdgemlError when yosys fails or times out.
     """
@@ -141,6 +144,8 @@ def estimate_resources(
         tmpdir = Path(tmp)
         stat_path = tmpdir / "stat.json"
         script = tmpdir / "synth.ys"
+        for mem in mem_files or []:
+            shutil.copy2(mem, tmpdir / Path(mem).name)
         # da4ml's lookup tables carry rom_style="distributed", which yosys 0.23
         # cannot map for ROMs ("no valid mapping found"); drop the hint and let
         # yosys choose. -defer elaborates parametric modules only with real
@@ -195,3 +200,88 @@ def _yosys_version(exe: str) -> str:
     if len(words) >= 2 and words[0].lower() == "yosys":
         return f"yosys {words[1]}"
     return Path(exe).name
+
+
+# --------------------------------------------------------------------------- RTL build cost
+
+#: da4ml 0.6.0's constant-matrix solver, measured on the 2-core build machine: one solve
+#: takes about ``TRACE_COEFF * (nonzero weights x weight bits) ** 2`` seconds (64x64 3-bit
+#: weights: 5 s; 128x64: 30 s; 64x64 6-bit: 24 s), i.e. quadratic in the matrix.
+TRACE_COEFF = 4e-8
+#: da4ml adders per nonzero weight bit (64x64 3-bit random weights: 2,050 adders for 12,288).
+ADDERS_PER_WEIGHT_BIT = 0.17
+#: Verilator build of the generated netlist: a fixed part (runtime, harness) plus a part per
+#: adder (measured: a 2,050-adder netlist built in 133 s at load average 9 on 2 cores).
+VERILATOR_FIXED_S = 30.0
+VERILATOR_S_PER_ADDER = 0.05
+
+
+@dataclass(frozen=True)
+class RtlCost:
+    """A pre-build estimate of the RTL stage, from the golden model's weights alone.
+
+    ``weight_bits`` is the sum over weight matrices of nonzero weights x weight bits,
+    ``adders`` the da4ml adders that implies, ``trace_s`` the constant-matrix solver's
+    time (one solve per matrix, per output pixel of a Conv), ``verilator_s`` the build.
+    """
+
+    n_weights: int
+    nonzero_weights: int
+    weight_bits: int
+    adders: int
+    trace_s: float
+    verilator_s: float
+    largest: str  # the op whose solve dominates
+
+    @property
+    def seconds(self) -> float:
+        return self.trace_s + self.verilator_s
+
+    def describe(self) -> str:
+        return (
+            f"{self.nonzero_weights:,} nonzero of {self.n_weights:,} weights, about "
+            f"{self.adders:,} adders; estimated build {self.seconds:,.0f} s (da4ml trace "
+            f"{self.trace_s:,.0f} s, dominated by {self.largest}; Verilator "
+            f"{self.verilator_s:,.0f} s)"
+        )
+
+
+def estimate_rtl_cost(g: object) -> RtlCost:
+    """Estimate the RTL stage's cost for a golden model before tracing it (milliseconds).
+
+    The da4ml trace solves one constant-matrix problem per Dense (per output pixel for a
+    Conv), in time quadratic in the matrix's nonzero weight bits; the constants above were
+    measured here. It is a guard against starting a build that would run for hours, not a
+    prediction to the second.
+    """
+    import numpy as np
+
+    from edgeml.golden import Conv, Dense
+
+    n = nnz = bits_total = 0
+    trace = 0.0
+    worst, worst_t = "-", -1.0
+    for op in getattr(g, "ops", []):
+        if not isinstance(op, Dense):
+            continue
+        w = np.asarray(op.weight)
+        nz = int(np.count_nonzero(w))
+        wb = nz * int(op.weight_type.width)
+        solves = 1
+        if isinstance(op, Conv):
+            out_shape = g.tensors[op.output].shape  # (oh, ow, cout)
+            solves = int(np.prod(out_shape[:-1])) if len(out_shape) > 1 else 1
+        t = solves * TRACE_COEFF * float(wb) ** 2
+        n, nnz, bits_total, trace = n + int(w.size), nnz + nz, bits_total + wb * solves, trace + t
+        if t > worst_t:
+            worst, worst_t = op.label, t
+    adders = int(ADDERS_PER_WEIGHT_BIT * bits_total)
+    return RtlCost(
+        n_weights=n,
+        nonzero_weights=nnz,
+        weight_bits=bits_total,
+        adders=adders,
+        trace_s=trace,
+        verilator_s=VERILATOR_FIXED_S + VERILATOR_S_PER_ADDER * adders,
+        largest=worst,
+    )

@@ -64,11 +64,14 @@ from edgeml.golden import (
     Conv,
     Dense,
     GoldenModel,
+    LeakyRelu,
     MaxPool,
     Op,
     Relu,
     Requant,
     Reshape,
+    Sign,
+    Softmax,
     Transpose,
 )
 
@@ -86,6 +89,9 @@ SUPPORTED_RTL_OPS: tuple[str, ...] = (
     "transpose",
     "add",
     "bipolar",
+    "sign",
+    "leakyrelu",
+    "softmax",
 )
 #: Rounding modes of Requant the RTL implements exactly: all of the golden model's.
 SUPPORTED_ROUNDING: tuple[str, ...] = ROUNDING_MODES
@@ -161,6 +167,59 @@ def _round_shift(y: Any, shift: int, mode: str) -> Any:
     if y.high < 0:
         return neg
     return y.is_negative().msb_mux(neg, pos)
+
+
+#: Widest value (bits) da4ml 0.6's C++ interpreter (``CombLogic.predict``) wraps correctly: its
+#: ``DType::int_min`` is ``1 << (width - 1)`` in int32, so a wrap, ReLU, mux or input op wider
+#: than 32 bits maps negative values to positive ones (off by ``2**width`` in the op's LSB).
+#: da4ml's Python ``CombLogic.__call__`` is right. (Its wrapped wide products also left a
+#: clamp mux on a constant at a ``2**36`` LSB that the Verilog evaluates differently from
+#: that Python model: see :func:`_cmul`.)
+_INTERP_WRAP_BITS = 32
+
+
+def _cmul(v: Any, c: int | float) -> Any:
+    """``v * c`` for a constant ``c``, exact in da4ml's C++ interpreter at any width.
+
+    da4ml's ``*`` sums the canonical-signed-digit terms of ``c`` and wraps every partial
+    sum to its exact range, which is free in hardware but, above 32 bits, evaluated
+    wrongly by da4ml's interpreter (see ``_INTERP_WRAP_BITS``). When the product is that
+    wide, the same digit terms are summed without the wraps (a balanced adder tree):
+    identical values, ranges a bit or two looser. Measured on a LeakyRelu(0.1) -> Div 3
+    -> Quant chain with 44-bit LeakyRelu codes and 61-bit requantisation products, 10,000
+    vectors: with da4ml's ``*`` 6,334 differ from golden in the C++ interpreter and 4,557
+    in Verilator (the netlist interpreter agrees with Verilator: a clamp mux on a
+    constant with a ``2**36`` LSB); with this, 0 and 0, for about 2 % more LUTs.
+    """
+    c = float(c)
+    if c == 1.0:
+        return v
+    y = v * c
+    if v.low == v.high or c == 0 or sum(y.kif) <= _INTERP_WRAP_BITS - 2:
+        return y
+    from da4ml.trace.fixed_variable import to_csd_powers
+
+    terms = [v * p for p in to_csd_powers(c)]  # powers of two: no new op, no wrap
+    while len(terms) > 1:
+        terms = [a + b for a, b in zip(terms[::2], terms[1::2], strict=False)] + terms[
+            len(terms) & ~1 :
+        ]
+    return terms[0]
+
+
+def _interp_wide_ops(comb: Any) -> int:
+    """How many ops of ``comb`` da4ml's C++ interpreter may evaluate wrongly (wraps over 32 bits).
+
+    Inputs (-1), ReLU (2), wraps (3) and muxes (+-6) go through its ``quantize``;
+    adders, constant adds and multipliers are plain int64 arithmetic.
+    """
+    from da4ml.types import minimal_kif
+
+    return sum(
+        1
+        for o in comb.ops
+        if o.opcode in (-1, 2, 3, 6, -6) and sum(minimal_kif(o.qint)) > _INTERP_WRAP_BITS
+    )
 
 
 def _clip(v: Any, lo: int, hi: int) -> Any:
@@ -264,7 +323,7 @@ def _trace_requant(op: Requant, x: np.ndarray) -> np.ndarray:
         )
 
     def one(v: Any, m: int, o: int) -> Any:
-        y = v * m if m != 1 else v
+        y = _cmul(v, m)
         if o:
             y = y + o
         return _clip(_round_shift(y, op.shift, op.rounding), op.lo, op.hi)
@@ -280,6 +339,92 @@ def _trace_bipolar(v: Any) -> Any:
     return v.is_negative() * -2.0 + 1  # +1 if v >= 0 else -1
 
 
+def _trace_sign(v: Any) -> Any:
+    """ONNX Sign on codes: ``(v > 0) - (v < 0)``, two sign-bit extractions."""
+    pos = v.is_positive() if v.high > 0 else None
+    neg = v.is_negative() if v.low < 0 else None
+    if pos is None and neg is None:
+        return _fv().from_const(0, v.hwconf)
+    if neg is None:
+        return pos
+    if pos is None:
+        return -neg
+    return pos - neg
+
+
+def _trace_leakyrelu(op: LeakyRelu, v: Any) -> Any:
+    """``max(v, 0) * pos_mult + min(v, 0) * neg_mult``: two clamps and constant products.
+
+    (A sign-bit mux of ``v * pos_mult`` and ``v * neg_mult`` would mix two da4ml
+    variables of different scale factors, which its mux does not reconcile.)
+    """
+    pos = _cmul(v.max_of(0), op.pos_mult) if v.high > 0 and op.pos_mult else None
+    neg = _cmul(v.min_of(0), op.neg_mult) if v.low < 0 and op.neg_mult else None
+    if pos is None and neg is None:
+        return _fv().from_const(0, v.hwconf)
+    if pos is None or neg is None:
+        return pos if neg is None else neg
+    return pos + neg
+
+
+def _unsigned(v: Any, width: int | None = None) -> Any:
+    """Reinterpret an integer-step variable known to be ``>= 0`` as unsigned (free: drops the sign bit).
+
+    da4ml's interval arithmetic cannot see that e.g. ``max(x) - x_i >= 0``; wrapping to
+    ``width`` unsigned bits (default: just enough for ``v.high``) is exact for such
+    values and gives the tight range a lookup table needs. With ``width`` smaller than
+    the value needs, this is the golden model's ``& (2**width - 1)``.
+    """
+    bits = width if width is not None else max(int(v.high).bit_length(), 1)
+    return v.quantize(0, bits, 0, "WRAP", "TRN")
+
+
+def _shr(v: Any, s: int) -> Any:
+    """``v >> s`` (floor) for ``s >= 0``, ``v << -s`` otherwise, on an integer-step variable."""
+    if s <= 0:
+        return v * float(2**-s) if s else v
+    return _floor(v * 2.0**-s)
+
+
+def _lookup(v: Any, table: np.ndarray) -> Any:
+    """``table[v]`` for an integer variable in ``[0, len(table))``: a da4ml ROM (``.mem`` file)."""
+    lo, hi, step = int(v.low), int(v.high), int(v.step)
+    if lo == hi:
+        return _fv().from_const(float(table[lo]), v.hwconf)
+    return v.lookup(np.asarray(table[lo : hi + 1 : step], np.float64))
+
+
+def _trace_softmax(op: Softmax, x: np.ndarray) -> np.ndarray:
+    """:func:`edgeml.softmax.softmax_codes` over the last axis: max tree, two ROMs, one product each.
+
+    ``d = max - x_i`` (a comparator tree and a subtractor) indexes the exp table after the
+    shift and saturation of ``inp_norm_t``; the sum of the looked-up codes indexes the
+    inverse table; each output is ``e_i * inv`` (a variable-by-variable multiplier)
+    shifted and wrapped into the output type, bit for bit as the golden model.
+    """
+    p = op.params
+    exp_tab = np.asarray(op.exp_table, np.int64)
+    inv_tab = np.asarray(op.inv_table, np.int64)
+    out = np.empty(x.shape, dtype=object)
+    for lead in np.ndindex(x.shape[:-1]):
+        xs = list(x[lead])
+        x_max = functools.reduce(lambda a, b: a.max_of(b), xs)
+        es = []
+        for v in xs:
+            d = _unsigned(x_max - v)
+            idx = _shr(d, p.norm_shift)
+            if idx.high > p.norm_max:
+                idx = idx.min_of(p.norm_max)
+            es.append(_lookup(idx, exp_tab))
+        s = functools.reduce(lambda a, b: a + b, es)
+        inv_idx = _unsigned(_shr(s, p.inv_shift), p.inv_inp_type.width)
+        inv = _lookup(inv_idx, inv_tab)
+        for j, e in enumerate(es):
+            y = _shr(e * inv, p.out_shift)
+            out[(*lead, j)] = _unsigned(y, p.out_type.width)
+    return out
+
+
 def _trace_op(op: Op, xs: list[np.ndarray]) -> np.ndarray:
     """Apply one golden op to object arrays of da4ml variables (leading batch axis of 1)."""
     if isinstance(op, Conv):  # before Dense: Conv subclasses Dense
@@ -289,7 +434,7 @@ def _trace_op(op: Op, xs: list[np.ndarray]) -> np.ndarray:
     if isinstance(op, Requant):
         return _trace_requant(op, xs[0])
     if isinstance(op, Affine):
-        return _ew(lambda v, m, o: (v * m if m != 1 else v) + o, xs[0], op.mult, op.offset)
+        return _ew(lambda v, m, o: _cmul(v, m) + o, xs[0], op.mult, op.offset)
     if isinstance(op, Relu):
         return _ew(lambda v: v.max_of(0), xs[0])
     if isinstance(op, MaxPool):
@@ -307,6 +452,12 @@ def _trace_op(op: Op, xs: list[np.ndarray]) -> np.ndarray:
         return out
     if isinstance(op, Bipolar):
         return _ew(_trace_bipolar, xs[0])
+    if isinstance(op, Sign):
+        return _ew(_trace_sign, xs[0])
+    if isinstance(op, LeakyRelu):
+        return _ew(lambda v: _trace_leakyrelu(op, v), xs[0])
+    if isinstance(op, Softmax):
+        return _trace_softmax(op, xs[0])
     raise UnsupportedOpError(
         f"golden op '{op.name}' of kind '{op.kind}' ({type(op).__name__}) has no RTL mirror; "
         f"edgeml.rtl supports: {', '.join(SUPPORTED_RTL_OPS)}"
@@ -345,7 +496,16 @@ class TracedGolden:
 
     def _run(self, comb: Any, x_codes: np.ndarray, n_threads: int) -> np.ndarray:
         x = np.asarray(x_codes).reshape(len(x_codes), -1).astype(np.float64)
-        y = comb.predict(x, n_threads=n_threads)
+        wide = _interp_wide_ops(comb)
+        if wide:  # da4ml's C++ interpreter would be wrong: its exact Python one (slower)
+            log.info(
+                "%d da4ml ops wrap wider than %d bits; evaluating with da4ml's Python interpreter",
+                wide,
+                _INTERP_WRAP_BITS,
+            )
+            y = np.array([comb(row) for row in x], dtype=np.float64).reshape(len(x), -1)
+        else:
+            y = comb.predict(x, n_threads=n_threads)
         out = np.rint(y).astype(np.int64)
         if not np.array_equal(out, y):  # codes are integers by construction
             raise EdgemlError(
@@ -494,6 +654,15 @@ class RtlDesign:
         return sorted((self.src_dir / "static").glob("*.v")) + [p for p in own if p.is_file()]
 
     @property
+    def mem_files(self) -> list[Path]:
+        """The ROM contents (``src/memfiles/*.mem``) of da4ml lookup tables (e.g. Softmax's).
+
+        ``static/lookup_table.v`` reads them with ``$readmemh`` by bare file name, so a
+        simulator or synthesis tool must run in (or be given) this folder.
+        """
+        return sorted((self.src_dir / "memfiles").glob("*.mem"))
+
+    @property
     def input_bits(self) -> int:
         return sum(self.input_kif)
 
@@ -502,7 +671,7 @@ class RtlDesign:
         return sum(self.output_kif)
 
     def _hash_inputs(self) -> list[Path]:
-        files = self.verilog_files + sorted((self.src_dir / "memfiles").glob("*"))
+        files = self.verilog_files + self.mem_files
         return files + sorted(self.sim_dir.glob("*_binder.cc"))
 
     def compute_hash(self) -> str:
@@ -678,7 +847,7 @@ class RtlDesign:
         out = np.zeros((n, self.n_outputs), np.int32)
         memdir = self.src_dir / "memfiles"
         cwd = Path.cwd()
-        needs_mem = any(memdir.glob("*.mem"))
+        needs_mem = bool(self.mem_files)
         try:
             if needs_mem:  # $readmemh of lookup tables uses relative paths
                 os.chdir(memdir)

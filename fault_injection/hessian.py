@@ -78,11 +78,30 @@ from edgeml.golden import (
     Conv,
     Dense,
     GoldenModel,
+    LeakyRelu,
     MaxPool,
     Relu,
     Requant,
     Reshape,
+    Sign,
+    Softmax,
     Transpose,
+)
+
+#: Golden ops the float mirror reproduces (one truth for the check and its message).
+MIRRORED_OPS = (
+    Dense,
+    Requant,
+    Affine,
+    Relu,
+    MaxPool,
+    Reshape,
+    Transpose,
+    AddTensors,
+    Bipolar,
+    Sign,
+    LeakyRelu,
+    Softmax,
 )
 
 if TYPE_CHECKING:
@@ -222,13 +241,10 @@ class FloatMirror:
             np.asarray(g.tensors[g.output_name].scale, np.float64), dtype=torch.float64
         )
         for op in g.ops:
-            if not isinstance(
-                op,
-                (Dense, Requant, Affine, Relu, MaxPool, Reshape, Transpose, AddTensors, Bipolar),
-            ):
+            if not isinstance(op, MIRRORED_OPS):
                 raise UnsupportedOpError(
-                    f"op '{op.name}' ({type(op).__name__}) has no float mirror; supported: Dense, "
-                    "Conv, Requant, Affine, Relu, MaxPool, Reshape, Transpose, AddTensors, Bipolar"
+                    f"op '{op.name}' ({type(op).__name__}) has no float mirror; supported: "
+                    f"{', '.join(c.__name__ for c in MIRRORED_OPS)} (and Conv)"
                 )
 
     def segment(self, layer: str, param: str) -> ParamSegment:
@@ -343,6 +359,19 @@ class FloatMirror:
         if isinstance(op, Bipolar):
             s = torch.where(x >= 0, 1.0, -1.0).to(x.dtype)
             return x + (s - x).detach()
+        if isinstance(op, Sign):
+            return x + (torch.sign(x) - x).detach()
+        if isinstance(op, LeakyRelu):
+            return torch.where(x >= 0, x * float(op.pos_mult), x * float(op.neg_mult))
+        if isinstance(op, Softmax):
+            # float softmax of the real logits on the output grid; with STE the forward
+            # value is the golden op's exact table arithmetic
+            real = x * float(2.0**-op.in_frac * op.exp_scale)
+            y = torch.softmax(real, dim=-1) * float(2.0**op.out_type.frac)
+            if not self.ste:
+                return y
+            exact = torch.as_tensor(op(np.rint(x.detach().numpy()).astype(np.int64)))
+            return y + (exact.to(y.dtype) - y).detach()
         raise UnsupportedOpError(f"op '{op.name}' ({type(op).__name__}) has no float mirror")
 
     def logits(self, x_codes: Any, theta: torch.Tensor | None = None) -> torch.Tensor:

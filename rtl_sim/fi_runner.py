@@ -70,7 +70,7 @@ def run_fi_cocotb(
         ) from exc
     from cocotb_tools.check_results import get_results
 
-    from edgeml.rtl_sim.runner import _build, _runner, _simulator_env, _tail
+    from edgeml.rtl_sim.runner import _build, _runner, _simulator_env, _tail, copy_memfiles
     from edgeml.toolchain import file_lock
 
     x = np.asarray(x_codes)
@@ -113,6 +113,7 @@ def run_fi_cocotb(
             build_s = _build(
                 design, build_dir, runner, design.name, design.verilog_files, force_build, False
             )
+            copy_memfiles(design, build_dir)
             t0 = time.perf_counter()
             try:
                 runner.test(

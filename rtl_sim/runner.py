@@ -155,6 +155,23 @@ def _tail(path: Path, n: int = 3000) -> str:
         return "(no log)"
 
 
+def copy_memfiles(design: Any, build_dir: Path) -> list[Path]:
+    """Put the design's lookup-table ``.mem`` files where the simulation reads them.
+
+    da4ml's ``lookup_table.v`` loads its ROM with ``$readmemh`` by a path relative to
+    the simulator's working directory (the bench's ``build_dir``); without the files
+    every table reads as X and the outputs are wrong (e.g. Softmax designs).
+    """
+    import shutil
+
+    copied = []
+    for mem in sorted((design.src_dir / "memfiles").glob("*.mem")):
+        dst = Path(build_dir) / mem.name
+        shutil.copy2(mem, dst)
+        copied.append(dst)
+    return copied
+
+
 def run_cocotb(
     design: Any,
     x_codes: np.ndarray,
@@ -234,6 +251,7 @@ def _run_locked(
         build_seconds = _build(
             design, build_dir, runner, top, sources, force_build, public_internals
         )
+        copy_memfiles(design, build_dir)
         t0 = time.perf_counter()
         try:
             runner.test(
