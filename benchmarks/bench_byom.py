@@ -55,6 +55,7 @@ def table(rows: list[dict]) -> str:
                 f"{q['max_abs_err_float_vs_quant']:.3g} (`edgeml quantize` report)"
             )
         changes = r.get("ingest", {}).get("changes", [])
+        note = note.replace("|", "\\|")  # "max |real diff|" inside a Markdown table cell
         lines.append(
             f"| {r['case']} | {len(changes)} change(s) | {r.get('hls_route') or '-'} | "
             f"{_cell(lv, EXACT_LEVELS[0])} | {_cell(lv, EXACT_LEVELS[1])} | {note} | "
