@@ -196,11 +196,12 @@ def test_batchnorm_and_float_tail_exact(work):
     onnx = _brevitas(_BnTail.build(), (16,), work, "bn_tail")
     g = GoldenModel.from_onnx(onnx)
     kinds = [op.kind for op in g.ops]
-    assert kinds.count("affine") >= 3, g.summary()  # BN, Sub, Mul
+    # BN and Sub are fixed-point affine ops; the positive scalar Mul only rescales the LSB
+    assert kinds.count("affine") >= 2 and kinds[-1] == "reshape", g.summary()
     design, info = convert_for_golden(onnx, g, work / "bn_tail_prj", name="bn_tail")
     assert _mismatches(g, design, _codes(g)) == 0
     # hls4ml computes the float tail in types of its own: the QONNX route is refused
-    assert info["route"] == "golden-ir" and "bn_Mul_0" in info["route_reason"], info
+    assert info["route"] == "golden-ir" and info["route_reason"], info
     assert info["check"]["mismatches"] == 0
 
     onnx2 = _finn(qb.bn_float_scales, work, "bn_float")
