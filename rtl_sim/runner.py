@@ -164,8 +164,9 @@ def copy_memfiles(design: Any, build_dir: Path) -> list[Path]:
     """
     import shutil
 
+    folders = {Path(f).parent / "memfiles" for f in design.verilog_files}
     copied = []
-    for mem in sorted((design.src_dir / "memfiles").glob("*.mem")):
+    for mem in sorted(m for d in folders for m in d.glob("*.mem")):
         dst = Path(build_dir) / mem.name
         shutil.copy2(mem, dst)
         copied.append(dst)
