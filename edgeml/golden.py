@@ -1772,6 +1772,7 @@ class _Compiler:
             or src not in self.affine_real
             or len(readers) != 1
             or src in self.alias.values()
+            or src in {o.name for o in self.graph.output}
         ):
             return src, a, b
         src0, a1, b1 = self.affine_real.pop(src)
