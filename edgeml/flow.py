@@ -1069,43 +1069,65 @@ def _original_reference(ctx: Context, g: GoldenModel, x: np.ndarray, ref: np.nda
     """
     from edgeml import verify as V
 
+    level = "original model file"
     t0 = time.perf_counter()
     try:
         y = _original_outputs(ctx, g, x).reshape(len(x), -1)
     except Exception as exc:  # the reference is informative; it must not hide the real levels
         return V.skipped(
-            "original model file",
+            level,
             f"could not execute the original model ({type(exc).__name__}: {str(exc)[:200]})",
         )
     gv = (ref.astype(np.float64) * np.asarray(g.output_scale, np.float64)).reshape(len(x), -1)
-    agree = float(np.mean(gv.argmax(1) == y.argmax(1)))
     cut = ctx.cfg.ingest.output
-    if cut or gv.shape != y.shape:
-        note = f"argmax agreement {agree:.4f} (output cut at {cut!r}; values not comparable)"
-        worst, bad = None, int(np.sum(gv.argmax(1) != y.argmax(1)))
-    else:
-        diff = np.abs(gv - y)
-        worst = float(np.nanmax(diff)) if diff.size and not np.isnan(diff).all() else None
-        bad = int((~(diff == 0)).any(axis=1).sum())
-        shown = "n/a (NaN)" if worst is None else f"{worst:.3g}"
-        note = f"max |real diff| {shown}, argmax agreement {agree:.4f}"
+    if not cut and gv.shape == y.shape:
+        return _real_valued_level(level, gv, y, time.perf_counter() - t0)
+    agree = float(np.mean(gv.argmax(1) == y.argmax(1)))
+    bad = int(np.sum(gv.argmax(1) != y.argmax(1)))
     res = V.LevelResult(
-        "original model file",
+        level,
         len(x),
         bad,
         bad,
         0,
         status="PASS" if bad == 0 else "APPROX",
         seconds=time.perf_counter() - t0,
-        note=note,
+        note=f"argmax agreement {agree:.4f} (output cut at {cut!r}; values not comparable)",
     )
-    res.extra.update({"argmax_agreement": agree, "max_abs_diff": worst})
+    res.extra = {"argmax_agreement": agree}
+    return res
+
+
+def _real_valued_level(level: str, gv: np.ndarray, y: np.ndarray, seconds: float) -> Any:
+    """Golden's dequantized outputs ``gv`` against a real-valued reference ``y`` (N, ...):
+    vectors and elements that differ, max difference, top-1 agreement. NaN (a non-finite
+    reference output) is a difference, never a silent match."""
+    from edgeml import verify as V
+
+    n = len(gv)
+    gv, y = gv.reshape(n, -1), y.reshape(n, -1)
+    diff = np.abs(gv - y)
+    differs = ~(diff == 0)
+    nan = int(np.isnan(diff).sum())
+    worst = float(np.nanmax(diff)) if diff.size and nan < diff.size else float("nan")
+    agree = float(np.mean(gv.argmax(1) == y.argmax(1)))
+    res = V.LevelResult(
+        level,
+        n,
+        int(differs.any(axis=1).sum()),
+        int(differs.sum()),
+        0,
+        status="PASS" if not differs.any() else "APPROX",
+        seconds=seconds,
+        note=f"max |real diff| {worst:.3g}, argmax agreement {agree:.4f}"
+        + (f"; {nan} reference outputs are NaN" if nan else ""),
+    )
+    res.extra = {"max_real_diff": worst, "argmax_agreement": agree, "nan_outputs": nan}
     return res
 
 
 def _qonnx_reference(ctx: Context, g: GoldenModel, x: np.ndarray, ref: np.ndarray) -> Any:
     """QONNX's own real-valued execution; differences come only from fixed-point scale approximations."""
-    from edgeml import verify as V
     from edgeml.reference import execute_qonnx
 
     t0 = time.perf_counter()
@@ -1113,25 +1135,7 @@ def _qonnx_reference(ctx: Context, g: GoldenModel, x: np.ndarray, ref: np.ndarra
         ctx.run.require("model.qonnx.onnx"), x.astype(np.float64) * g.input_real_scale
     )
     gv = ref.astype(np.float64) * np.asarray(g.output_scale, np.float64)
-    diff = np.abs(gv.reshape(len(x), -1) - y.reshape(len(x), -1))
-    # NaN (a non-finite reference output) is a difference, never a silent match
-    differs = ~(diff == 0)
-    nan = int(np.isnan(diff).sum())
-    worst = float(np.nanmax(diff)) if diff.size and nan < diff.size else float("nan")
-    agree = float(np.mean(gv.reshape(len(x), -1).argmax(1) == y.reshape(len(x), -1).argmax(1)))
-    res = V.LevelResult(
-        "QONNX reference (float)",
-        len(x),
-        int(differs.any(axis=1).sum()),
-        int(differs.sum()),
-        0,
-        status="PASS" if not differs.any() else "APPROX",
-        seconds=time.perf_counter() - t0,
-        note=f"max |real diff| {worst:.3g}, argmax agreement {agree:.4f}"
-        + (f"; {nan} reference outputs are NaN" if nan else ""),
-    )
-    res.extra = {"max_real_diff": worst, "argmax_agreement": agree, "nan_outputs": nan}
-    return res
+    return _real_valued_level("QONNX reference (float)", gv, y, time.perf_counter() - t0)
 
 
 #: bit-error rates of the flow's accuracy-vs-BER sweep, and random trials per rate

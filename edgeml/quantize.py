@@ -1107,22 +1107,13 @@ def _json_default(o: Any) -> Any:
 
 
 def qonnx_execute(model: onnx.ModelProto, x: np.ndarray, batch: int = 4096) -> np.ndarray:
-    """Execute a QONNX model with qonnx's ``execute_onnx`` (independent of edgeml's golden)."""
-    from qonnx.core.onnx_exec import execute_onnx
-    from qonnx.transformation.infer_shapes import InferShapes
+    """Execute a QONNX model with qonnx's ``execute_onnx`` (independent of edgeml's golden),
+    ``batch`` vectors at a time (:func:`edgeml.reference.execute_original`)."""
+    from edgeml.reference import execute_original
 
-    outs = []
-    cache: dict[int, Any] = {}
-    for i in range(0, len(x), batch):
-        xb = np.asarray(x[i : i + batch], dtype=np.float32)
-        if len(xb) not in cache:
-            m = copy.deepcopy(model)
-            _set_batch(m, len(xb))
-            cache[len(xb)] = _wrapper(m).transform(InferShapes())
-        mw = cache[len(xb)]
-        res = execute_onnx(mw, {mw.graph.input[0].name: xb})
-        outs.append(np.asarray(res[mw.graph.output[0].name], dtype=np.float64))
-    return np.concatenate(outs)
+    return np.concatenate(
+        [execute_original(model, x[i : i + batch]) for i in range(0, len(x), batch)]
+    )
 
 
 def golden_outputs(model: onnx.ModelProto, x: np.ndarray) -> tuple[np.ndarray, Any, Any]:
