@@ -267,6 +267,25 @@ def check_graph_tensors(graph: onnx.GraphProto, where: str) -> None:
         _check_dims(dims, f"graph input '{vi.name}'", where, allow_zero_first=True)
 
 
+def check_dangling(graph: onnx.GraphProto, where: str) -> None:
+    """Refuse a graph in which a node reads a tensor that nothing produces.
+
+    qonnx's passes can leave such a graph (a weight transpose folded for one reader
+    of a shared weight only); compiling it would fail far from the cause.
+    """
+    known = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    for k, node in enumerate(graph.node):
+        missing = [i for i in node.input if i not in known]
+        if missing:
+            raise UnsupportedOpError(
+                f"after cleaning, node '{node.name or f'{node.op_type}_{k}'}' (op "
+                f"{node.op_type}) of {where} reads {missing}, which no node produces "
+                "(qonnx left a dangling tensor); the graph cannot be compiled. Re-export "
+                "the model, or report it with the file"
+            )
+        known.update(node.output)
+
+
 def _wrap(proto: onnx.ModelProto, where: str) -> ModelWrapper:
     """qonnx's ModelWrapper, whose constructor checks the tensor shapes (with asserts)."""
     try:
@@ -303,8 +322,10 @@ def clean_qonnx(
 ) -> ModelWrapper:
     """Clean a QONNX model for hls4ml and the golden model; optionally save it to ``out_path``.
 
-    Steps: ``cleanup_model`` -> ``ConvertToChannelsLastAndClean`` -> ``GemmToMatMul``
-    -> ``cleanup_model``. Nothing here assumes Brevitas. An input file that is not
+    Steps: three fixes for forms qonnx mishandles (implicit window attributes, a
+    bias-free Gemm, a constant quantizer shared by several readers), ``cleanup_model``
+    -> ``ConvertToChannelsLastAndClean`` -> ``GemmToMatMul`` -> ``cleanup_model``, and
+    a check that every node input is produced (:func:`check_dangling`). Nothing here assumes Brevitas. An input file that is not
     valid ONNX raises :class:`CorruptFileError`; a qonnx transform that fails raises
     :class:`UnsupportedOpError` naming the step.
     """
@@ -312,8 +333,16 @@ def clean_qonnx(
     from qonnx.transformation.gemm_to_matmul import GemmToMatMul
     from qonnx.util.cleanup import cleanup_model
 
+    from edgeml.ingest import ExplicitWindowAttrs, GemmNoBiasToMatMul, UnshareConstantQuants
+
     model, where = _to_wrapper(model_or_path)
     steps = [
+        # ONNX-legal forms qonnx's passes crash on or mangle (Brevitas' dynamo export
+        # writes all three: implicit window attributes, bias-free Gemm, a layer reused
+        # across unrolled steps)
+        ("ExplicitWindowAttrs", lambda m: m.transform(ExplicitWindowAttrs())),
+        ("GemmNoBiasToMatMul", lambda m: m.transform(GemmNoBiasToMatMul())),
+        ("UnshareConstantQuants", lambda m: m.transform(UnshareConstantQuants())),
         ("cleanup_model", cleanup_model),
         ("ConvertToChannelsLastAndClean", lambda m: m.transform(ConvertToChannelsLastAndClean())),
         ("GemmToMatMul", lambda m: m.transform(GemmToMatMul())),
@@ -328,6 +357,7 @@ def clean_qonnx(
                 f"qonnx step {name} failed on {where} ({type(exc).__name__}: {exc}); "
                 "the graph has ops or layouts qonnx cannot clean"
             ) from exc
+    check_dangling(model.graph, where)
     if out_path is not None:
         out_path = Path(out_path)
         out_path.parent.mkdir(parents=True, exist_ok=True)

@@ -68,7 +68,90 @@ SUPPORTED_OPS: tuple[str, ...] = (
     "Clip",
     "LeakyRelu",
     "Div",
+    # fixed index maps (one Gather op each, semantics from ONNX's reference implementation)
+    "Slice",
+    "Concat",
+    "Split",
+    "Pad",
+    "Squeeze",
+    "Unsqueeze",
+    "Resize",
+    "Upsample",
+    "Tile",
+    "Expand",
+    "DepthToSpace",
+    "SpaceToDepth",
+    # elementwise functions, as exact tables fused with the Quant after them
+    "Tanh",
+    "Sigmoid",
+    "HardSigmoid",
+    "HardSwish",
+    "Softplus",
+    "Softsign",
+    "Elu",
+    "Selu",
+    "Exp",
+    "Sin",
+    "Cos",
+    "Erf",
+    # sums as structural (wiring-only) Conv / Dense ops
+    "AveragePool",
+    "GlobalAveragePool",
+    "ReduceMean",
+    "ReduceSum",
+    "ConvTranspose",
 )
+
+#: Ops that are a fixed index map of their (activation) inputs: compiled to one ``Gather``.
+GATHER_OPS: tuple[str, ...] = (
+    "Slice",
+    "Concat",
+    "Split",
+    "Pad",
+    "Squeeze",
+    "Unsqueeze",
+    "Resize",
+    "Upsample",
+    "Tile",
+    "Expand",
+    "DepthToSpace",
+    "SpaceToDepth",
+)
+
+
+def _hard_sigmoid(alpha: float, beta: float) -> Any:
+    return lambda v: np.clip(alpha * v + beta, 0.0, 1.0)
+
+
+def _elu(alpha: float) -> Any:
+    return lambda v: np.where(v > 0, v, alpha * np.expm1(np.minimum(v, 0)))
+
+
+def _erf(v: np.ndarray) -> np.ndarray:
+    return np.vectorize(math.erf, otypes=[np.float64])(v)
+
+
+#: Elementwise functions compiled to a table; each takes the node's attributes (a dict).
+TABLE_FUNCS: dict[str, Any] = {
+    "Tanh": lambda a: np.tanh,
+    "Sigmoid": lambda a: lambda v: 1.0 / (1.0 + np.exp(-v)),
+    "HardSigmoid": lambda a: _hard_sigmoid(a.get("alpha", 0.2), a.get("beta", 0.5)),
+    "HardSwish": lambda a: lambda v: v * np.clip(v / 6.0 + 0.5, 0.0, 1.0),
+    "Softplus": lambda a: lambda v: np.logaddexp(0.0, v),
+    "Softsign": lambda a: lambda v: v / (1.0 + np.abs(v)),
+    "Elu": lambda a: _elu(a.get("alpha", 1.0)),
+    "Selu": lambda a: (
+        lambda v: a.get("gamma", 1.0507009873554805) * _elu(a.get("alpha", 1.6732632423543772))(v)
+    ),
+    "Exp": lambda a: np.exp,
+    "Sin": lambda a: np.sin,
+    "Cos": lambda a: np.cos,
+    "Erf": lambda a: _erf,
+}
+#: Widest input (bits) an elementwise function is tabulated for: 2**14 entries.
+MAX_TABLE_BITS = 14
+#: Significant bits of a table whose output no Quant defines (a Tanh at the graph's end).
+DEFAULT_TABLE_BITS = 16
 
 
 # --------------------------------------------------------------------------- integer kernels
@@ -239,6 +322,9 @@ class Dense(Op):
     bias_type: FixedType | None = None
     bias_shift: int = 0
     acc_shift: int = 0
+    #: weights fixed by the graph's structure (a mean's ones, a depthwise conv's
+    #: zeros outside a group): hardware wiring, not stored state, so no fault sites
+    structural: bool = field(default=False, kw_only=True)
 
     def effective_weight(self, weight: np.ndarray | None = None) -> np.ndarray:
         w = self.weight if weight is None else weight
@@ -439,6 +525,92 @@ class Softmax(Op):
         return softmax_codes(x, self.params, self.exp_table, self.inv_table)
 
 
+@dataclass
+class Gather(Op):
+    """Pure data movement: ``y = concat(flat(x_i) << shifts[i], [0])[index]`` reshaped to ``shape``.
+
+    One op for every layout op that is a fixed index map (Slice, Concat, Split,
+    Pad with zeros, Squeeze/Unsqueeze, nearest Resize/Upsample, Tile,
+    DepthToSpace, zero insertion of a strided ConvTranspose, broadcasting). The
+    map is computed once from ONNX's own reference implementation of the op, so
+    its semantics are ONNX's; ``index == -1`` selects the constant 0 (padding).
+    ``shifts`` align the binary points of inputs with different power-of-two scales.
+    """
+
+    kind: ClassVar[str] = "gather"
+    index: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    shape: tuple[int, ...] = ()
+    shifts: tuple[int, ...] = ()
+
+    def __call__(self, *xs: np.ndarray) -> np.ndarray:
+        n = xs[0].shape[0]
+        shifts = self.shifts or (0,) * len(xs)
+        parts = [
+            x.reshape(n, -1) << s if s else x.reshape(n, -1)
+            for x, s in zip(xs, shifts, strict=True)
+        ]
+        if len(parts) == 1 and int(self.index.min(initial=0)) >= 0:
+            flat = parts[0]
+        else:
+            parts.append(np.zeros((n, 1), np.int64))
+            flat = np.concatenate(parts, axis=1)
+        return np.ascontiguousarray(flat[:, self.index].reshape((n, *self.shape)))
+
+
+@dataclass
+class Lookup(Op):
+    """Elementwise function as a table: ``y = table[x - lo]`` (Tanh, Sigmoid, ...).
+
+    The table covers every code of the input's type, so any input the hardware
+    can hold (a faulty one too) has a defined output; its entries are the
+    function of the real input value, quantized by the output quantizer.
+    """
+
+    kind: ClassVar[str] = "lookup"
+    table: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    lo: int = 0
+    fn: str = ""
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.table[x - self.lo]
+
+    @property
+    def label(self) -> str:
+        return f"{self.name} (lookup {self.fn})" if self.fn else super().label
+
+
+@dataclass
+class SubTensors(Op):
+    """``y = (a << shift_a) - (b << shift_b)``: difference of two activations."""
+
+    kind: ClassVar[str] = "sub"
+    shift_a: int = 0
+    shift_b: int = 0
+
+    def __call__(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return (a << self.shift_a) - (b << self.shift_b)
+
+
+@dataclass
+class MulTensors(Op):
+    """``y = a * b`` elementwise on codes (gates); the output LSB is the product of the LSBs."""
+
+    kind: ClassVar[str] = "mul"
+
+    def __call__(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return a * b
+
+
+@dataclass
+class MatMulTensors(Op):
+    """``y = a @ b`` of two activations over their last two axes (attention scores, A@V)."""
+
+    kind: ClassVar[str] = "matmul"
+
+    def __call__(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return np.matmul(a, b)
+
+
 #: Op classes by name, for reading a saved golden IR back (:meth:`GoldenModel.load`).
 _OP_CLASSES: dict[str, type[Op]] = {
     c.__name__: c
@@ -456,6 +628,11 @@ _OP_CLASSES: dict[str, type[Op]] = {
         Sign,
         LeakyRelu,
         Softmax,
+        Gather,
+        Lookup,
+        SubTensors,
+        MulTensors,
+        MatMulTensors,
     )
 }
 #: Format tag of ``golden.npz``; bump when the IR's fields change.
@@ -776,6 +953,24 @@ _ARITY: dict[str, tuple[int, int]] = {
     "Clip": (1, 3),
     "LeakyRelu": (1, 1),
     "Div": (2, 2),
+    "Slice": (1, 5),
+    "Concat": (1, 256),
+    "Split": (1, 2),
+    "Pad": (1, 4),
+    "Squeeze": (1, 2),
+    "Unsqueeze": (1, 2),
+    "Resize": (1, 4),
+    "Upsample": (1, 2),
+    "Tile": (2, 2),
+    "Expand": (2, 2),
+    "DepthToSpace": (1, 1),
+    "SpaceToDepth": (1, 1),
+    **{f: (1, 1) for f in TABLE_FUNCS},
+    "AveragePool": (1, 1),
+    "GlobalAveragePool": (1, 1),
+    "ReduceMean": (1, 2),
+    "ReduceSum": (1, 2),
+    "ConvTranspose": (2, 3),
 }
 #: Input positions that must be constants (quantizer parameters, BN statistics, shapes).
 _PARAMS: dict[str, tuple[int, ...]] = {
@@ -784,6 +979,17 @@ _PARAMS: dict[str, tuple[int, ...]] = {
     "Trunc": (1, 2, 3, 4, 5),
     "BatchNormalization": (1, 2, 3, 4),
     "Reshape": (1,),
+    "Slice": (1, 2, 3, 4),
+    "Split": (1,),
+    "Pad": (1, 2, 3),
+    "Squeeze": (1,),
+    "Unsqueeze": (1,),
+    "Resize": (1, 2, 3),
+    "Upsample": (1,),
+    "Tile": (1,),
+    "Expand": (1,),
+    "ReduceMean": (1,),
+    "ReduceSum": (1,),
 }
 
 #: Largest |code| of any tensor, accumulator included: int64 arithmetic stays exact
@@ -825,6 +1031,11 @@ class _Compiler:
         self.input_real_scale = 1.0
         self.graph_input = ""
         self.input_name = ""
+        #: elementwise-function outputs waiting for the Quant that defines their table
+        self.pending_fn: dict[str, tuple[Any, int, str, str]] = {}
+        #: initializers as stored (int64 shapes and INT64_MAX slice ends kept exact), for
+        #: running ONNX's reference implementation
+        self.const_raw: dict[str, np.ndarray] = {}
 
     # -- helpers
     def _node_name(self, node: Any, idx: int) -> str:
@@ -834,7 +1045,9 @@ class _Compiler:
         return UnsupportedOpError(
             f"node '{self._node_name(node, idx)}' (op {node.op_type}): {why}. "
             f"edgeml's golden model supports: {', '.join(SUPPORTED_OPS)} "
-            "(Quant/Trunc with zero zero-point; Conv with group=1, dilation=1)."
+            "(Quant/Trunc with zero zero-point; Conv/ConvTranspose without dilation; Pad with "
+            "zeros; Resize/Upsample nearest; elementwise functions on inputs of at most "
+            f"{MAX_TABLE_BITS} bits)."
         )
 
     def _attr(self, node: Any, name: str, default: Any = None) -> Any:
@@ -934,6 +1147,7 @@ class _Compiler:
                     "edgeml needs numeric (integer or float) constants"
                 )
             self.consts[init.name] = _Const(arr.astype(np.float64))
+            self.const_raw[init.name] = arr
         if len(self.graph.input) != 1 or len(self.graph.output) != 1:
             ins = [i.name for i in self.graph.input if i.name not in self.consts]
             if len(ins) != 1 or len(self.graph.output) != 1:
@@ -962,6 +1176,8 @@ class _Compiler:
                 f"graph input '{self.graph_input}' never reaches a Quant node: edgeml needs an "
                 "input quantizer to know the input precision (add a QuantIdentity / Quant on the input)"
             )
+        if self._dyn(self.graph.output[0].name) in self.pending_fn:
+            self._table_default(self._dyn(self.graph.output[0].name))
         out_name = self._dyn(self.graph.output[0].name)
         if out_name not in self.tensors:
             raise UnsupportedOpError(
@@ -996,12 +1212,14 @@ class _Compiler:
             )
         out = node.output[0]
         params = _PARAMS.get(op, ())
-        dynamic = [ins[i] for i in range(1, len(ins)) if i in params and ins[i] not in self.consts]
+        dynamic = [
+            ins[i] for i in range(1, len(ins)) if i in params and ins[i] and ins[i] not in self.consts
+        ]
         if dynamic:
             raise self._unsupported(
                 node, idx, f"its scale / zero point / bit width inputs {dynamic} are not constants"
             )
-        known = {self.graph_input, *self.consts, *self.tensors, *self.alias}
+        known = {self.graph_input, *self.consts, *self.tensors, *self.alias, *self.pending_fn}
         missing = [i for i in ins if i and i not in known]
         if missing:
             raise self._unsupported(
@@ -1029,6 +1247,16 @@ class _Compiler:
             self._compile_input_quant(node, idx)
             return
 
+        # an elementwise function's table needs its output precision: the Quant after it
+        for i in ins:
+            if self._dyn(i) in self.pending_fn and not (op == "Quant" and i == ins[0]):
+                self._table_default(self._dyn(i))
+        if op in GATHER_OPS:
+            self._op_gather(node, idx, name, ins, out)
+            return
+        if op in TABLE_FUNCS:
+            self._op_table_fn(node, idx, name, ins, out)
+            return
         handler = getattr(self, f"_op_{op}", None)
         if handler is None:
             raise self._unsupported(node, idx, "this op is not supported here")
@@ -1308,6 +1536,9 @@ class _Compiler:
 
     def _op_Quant(self, node, idx, name, ins, out):
         src = self._dyn(ins[0])
+        if src in self.pending_fn:
+            self._table_quant(node, idx, src, out, ins)
+            return
         scale, zp, bw = (self.consts[i].value for i in ins[1:4])
         s, bits, signed, narrow, mode = self._quant_params(node, idx, scale, zp, bw)
         lo, hi = self._int_range(bits, signed, narrow)
@@ -1522,12 +1753,17 @@ class _Compiler:
                 node, idx, "constant @ activation (weights must be the 2nd input)"
             )
         if b not in self.consts:
-            raise self._unsupported(node, idx, "activation-by-activation MatMul")
+            self._matmul_tensors(node, idx, name, a, b, out)
+            return
         src = self._dyn(a)
         codes, storage, wscale = self._weight(node, idx, b)
-        if codes.ndim != 2 or self.tensors[src].shape != (codes.shape[0],):
+        in_shape = self.tensors[src].shape
+        if codes.ndim != 2 or in_shape[-1] != codes.shape[0]:
             raise self._unsupported(
-                node, idx, f"MatMul of {self.tensors[src].shape} by {codes.shape} (only 2-D dense)"
+                node,
+                idx,
+                f"MatMul of {in_shape} by {codes.shape} (weights must be 2-D; a (tokens, "
+                "features) input is multiplied per token)",
             )
         wscale = np.asarray(wscale).reshape(-1)
         self._dense_common(
@@ -1539,7 +1775,7 @@ class _Compiler:
             codes,
             storage,
             wscale,
-            (codes.shape[1],),
+            (*in_shape[:-1], codes.shape[1]),
             lambda ls, wt: Dense(name, [src], out, weight=codes, weight_type=wt, weight_lshift=ls),
         )
 
@@ -1611,17 +1847,35 @@ class _Compiler:
             )
         group = int(self._attr(node, "group", 1))
         dil = tuple(int(v) for v in (self._attr(node, "dilations") or [1, 1]))
-        if group != 1 or any(d != 1 for d in dil):
-            raise self._unsupported(node, idx, f"Conv with group={group}, dilations={dil}")
+        if any(d != 1 for d in dil):
+            raise self._unsupported(node, idx, f"Conv with dilations={dil}")
         codes, storage, wscale = self._weight(node, idx, ins[1])
-        if codes.ndim != 4:
-            raise self._unsupported(node, idx, f"{codes.ndim - 2}-D Conv (only 2-D)")
-        w = np.transpose(codes, (1, 2, 3, 0))  # OHWI -> HWIO
-        kh, kw = w.shape[:2]
-        st = tuple(int(v) for v in (self._attr(node, "strides") or [1, 1]))
-        pads = tuple(int(v) for v in (self._attr(node, "pads") or [0, 0, 0, 0]))
+        st = tuple(int(v) for v in (self._attr(node, "strides") or [1] * (codes.ndim - 2)))
+        pads = tuple(int(v) for v in (self._attr(node, "pads") or [0] * 2 * (codes.ndim - 2)))
         if str(self._attr(node, "auto_pad", "NOTSET")) not in ("NOTSET", ""):
             raise self._unsupported(node, idx, "auto_pad (use explicit pads)")
+        one_d = codes.ndim == 3
+        if one_d:
+            # Conv1d on (L, C): a height-1 2-D conv on (1, L, C), exactly
+            if len(ti.shape) != 2 or len(st) != 1 or len(pads) != 2:
+                raise self._unsupported(node, idx, f"1-D Conv of a {ti.shape} tensor")
+            codes = codes[:, None, :, :]  # (O, k, I) -> (O, 1, k, I)
+            st, pads = (1, st[0]), (0, pads[0], 0, pads[1])
+            src2 = f"{src}__h1"
+            if src2 not in self.tensors:
+                self.ops.append(Reshape(f"{name}_h1", [src], src2, shape=(1, *ti.shape)))
+                self._add_tensor(src2, (1, *ti.shape), *self.bounds[src], ti.scale)
+            src, ti = src2, self.tensors[src2]
+        elif codes.ndim != 4:
+            raise self._unsupported(node, idx, f"{codes.ndim - 2}-D Conv (1-D and 2-D only)")
+        if group != 1:
+            codes = self._expand_groups(node, idx, codes, group)
+            self.notes.append(
+                f"{name}: grouped Conv (group={group}) as a full Conv with zero weights between "
+                "groups"
+            )
+        w = np.transpose(codes, (1, 2, 3, 0))  # OHWI (qonnx's channels-last) -> HWIO
+        kh, kw = w.shape[:2]
         if len(ti.shape) != 3:
             raise self._unsupported(node, idx, f"Conv of a {ti.shape} tensor (needs H, W, C)")
         h, wd, c = ti.shape
@@ -1631,6 +1885,9 @@ class _Compiler:
             )
         pads4, oh, ow = self._window(node, idx, (kh, kw), st, pads, h, wd)
         ws = np.asarray(wscale).reshape(-1)
+        final = out
+        if one_d:
+            out = f"{out}__h1"
         tmp = out + "__conv" if len(ins) > 2 and ins[2] else out
         self._dense_common(
             node,
@@ -1648,6 +1905,87 @@ class _Compiler:
         )
         if len(ins) > 2 and ins[2]:
             self._add_const(node, idx, name + "_bias", tmp, ins[2], out)
+        if one_d:
+            t = self.tensors[out]
+            self.ops.append(Reshape(f"{name}_1d", [out], final, shape=t.shape[1:]))
+            self._add_tensor(final, t.shape[1:], *self.bounds[out], t.scale)
+
+    def _expand_groups(self, node: Any, idx: int, codes: np.ndarray, group: int) -> np.ndarray:
+        """(O, kh, kw, I/g) grouped weights -> (O, kh, kw, I), zero between groups."""
+        o, ig = codes.shape[0], codes.shape[-1]
+        if o % group:
+            raise self._unsupported(node, idx, f"{o} output channels in {group} groups")
+        og = o // group
+        full = np.zeros((*codes.shape[:-1], ig * group), codes.dtype)
+        for g in range(group):
+            full[g * og : (g + 1) * og, ..., g * ig : (g + 1) * ig] = codes[g * og : (g + 1) * og]
+        return full
+
+    def _op_ConvTranspose(self, node, idx, name, ins, out):
+        """A strided ConvTranspose as its exact rewrite: zero insertion + padding (one Gather,
+        from NCHW to NHWC) then a stride-1 Conv with the flipped, transposed kernel."""
+        src = self._dyn(ins[0])
+        ti = self.tensors[src]
+        codes, storage, wscale = self._weight(node, idx, ins[1])
+        group = int(self._attr(node, "group", 1))
+        dil = tuple(int(v) for v in (self._attr(node, "dilations") or [1, 1]))
+        if codes.ndim != 4 or group != 1 or any(d != 1 for d in dil) or len(ti.shape) != 3:
+            raise self._unsupported(
+                node, idx, "only 2-D ConvTranspose with group=1, no dilation, on (C, H, W)"
+            )
+        if str(self._attr(node, "auto_pad", "NOTSET")) not in ("NOTSET", "") or self._attr(
+            node, "output_shape"
+        ):
+            raise self._unsupported(node, idx, "auto_pad / output_shape (use explicit pads)")
+        c, h, w = ti.shape
+        if codes.shape[0] != c:
+            raise self._unsupported(node, idx, f"weight {codes.shape} for {c} input channels")
+        kh, kw = codes.shape[2:]
+        st = tuple(int(v) for v in (self._attr(node, "strides") or [1, 1]))
+        pads = tuple(int(v) for v in (self._attr(node, "pads") or [0, 0, 0, 0]))
+        opad = tuple(int(v) for v in (self._attr(node, "output_padding") or [0, 0]))
+        if pads[0] > kh - 1 or pads[2] > kh - 1 or pads[1] > kw - 1 or pads[3] > kw - 1:
+            raise self._unsupported(node, idx, f"pads {pads} larger than kernel - 1")
+        top, left = kh - 1 - pads[0], kw - 1 - pads[1]
+        hz = (h - 1) * st[0] + 1 + top + kh - 1 - pads[2] + opad[0]
+        wz = (w - 1) * st[1] + 1 + left + kw - 1 - pads[3] + opad[1]
+        index = np.full((hz, wz, c), -1, np.int64)
+        pos = np.arange(c * h * w).reshape(c, h, w).transpose(1, 2, 0)
+        index[
+            top : top + (h - 1) * st[0] + 1 : st[0], left : left + (w - 1) * st[1] + 1 : st[1]
+        ] = pos
+        zin = f"{out}__zeros"
+        self.ops.append(
+            Gather(f"{name}_zeros", [src], zin, index=index.reshape(-1), shape=(hz, wz, c))
+        )
+        lo, hi = self.bounds[src]
+        self._add_tensor(zin, (hz, wz, c), min(lo, 0), max(hi, 0), ti.scale)
+        wconv = np.ascontiguousarray(codes[:, :, ::-1, ::-1].transpose(2, 3, 0, 1))  # HWIO
+        oh, ow = hz - kh + 1, wz - kw + 1
+        ws = np.asarray(wscale).reshape(-1)
+        if ws.size > 1:  # per-output-channel scales sit on axis 1 of a ConvTranspose weight
+            ws = np.asarray(wscale).reshape(codes.shape[0], codes.shape[1], -1)[0, :, 0]
+        conv_out = f"{out}__nhwc"
+        tmp = conv_out + "__conv" if len(ins) > 2 and ins[2] else conv_out
+        self._dense_common(
+            node,
+            idx,
+            name,
+            zin,
+            tmp,
+            wconv,
+            storage,
+            ws,
+            (oh, ow, wconv.shape[3]),
+            lambda ls, wt: Conv(
+                name, [zin], tmp, weight=wconv, weight_type=wt, weight_lshift=ls, strides=(1, 1)
+            ),
+        )
+        if len(ins) > 2 and ins[2]:
+            self._add_const(node, idx, name + "_bias", tmp, ins[2], conv_out)
+        t = self.tensors[conv_out]
+        self.ops.append(Transpose(f"{name}_nchw", [conv_out], out, perm=(0, 3, 1, 2)))
+        self._add_tensor(out, (t.shape[2], oh, ow), *self.bounds[conv_out], t.scale)
 
     def _op_Add(self, node, idx, name, ins, out):
         a, b = ins
@@ -1656,28 +1994,94 @@ class _Compiler:
         if b in self.consts:
             self._add_const(node, idx, name, self._dyn(a), b, out)
             return
-        sa, sb = self._dyn(a), self._dyn(b)
+        self._add_tensors(node, idx, name, a, b, out, subtract=False)
+
+    def _add_tensors(self, node, idx, name, a: str, b: str, out: str, *, subtract: bool) -> None:
+        """``a + b`` or ``a - b`` of two activations, binary points aligned (broadcasts made explicit)."""
+        sa, sb, shape = self._two_dynamic(node, idx, a, b)
         ta, tb = self.tensors[sa], self.tensors[sb]
-        if not (ta.pot and tb.pot):
-            raise self._unsupported(node, idx, "adding two tensors with non power-of-two scales")
-        if ta.shape != tb.shape:
-            raise self._unsupported(node, idx, f"broadcasting add {ta.shape} + {tb.shape}")
-        f = max(ta.type.frac, tb.type.frac)
-        op = AddTensors(name, [sa, sb], out, shift_a=f - ta.type.frac, shift_b=f - tb.type.frac)
+        if np.array_equal(ta.scale, tb.scale):
+            fa = fb = f = 0
+            scale = ta.scale
+        elif ta.pot and tb.pot:
+            fa, fb = ta.type.frac, tb.type.frac
+            f = max(fa, fb)
+            scale = np.asarray(2.0**-f)
+        else:
+            raise self._unsupported(
+                node,
+                idx,
+                f"{'subtracting' if subtract else 'adding'} two tensors with different non "
+                f"power-of-two scales {float(ta.scale):g} and {float(tb.scale):g}",
+            )
+        cls = SubTensors if subtract else AddTensors
+        op = cls(name, [sa, sb], out, shift_a=f - fa, shift_b=f - fb)
         self.ops.append(op)
         (alo, ahi), (blo, bhi) = self.bounds[sa], self.bounds[sb]
+        if subtract:
+            blo, bhi = -bhi, -blo
         self._add_tensor(
             out,
-            ta.shape,
+            shape,
             (alo << op.shift_a) + (blo << op.shift_b),
             (ahi << op.shift_a) + (bhi << op.shift_b),
-            np.asarray(2.0**-f),
+            scale,
+        )
+
+    def _mul_tensors(self, node, idx, name, a: str, b: str, out: str) -> None:
+        """``a * b`` of two activations (a gate): exact product, LSB = product of the LSBs."""
+        sa, sb, shape = self._two_dynamic(node, idx, a, b)
+        (alo, ahi), (blo, bhi) = self.bounds[sa], self.bounds[sb]
+        corners = [alo * blo, alo * bhi, ahi * blo, ahi * bhi]
+        self.ops.append(MulTensors(name, [sa, sb], out))
+        self._add_tensor(
+            out, shape, min(corners), max(corners), self.tensors[sa].scale * self.tensors[sb].scale
+        )
+
+    def _matmul_tensors(self, node, idx, name, a: str, b: str, out: str) -> None:
+        """``a @ b`` of two activations over the last two axes (no broadcasting of leading axes)."""
+        sa, sb = self._dyn(a), self._dyn(b)
+        ta, tb = self.tensors[sa], self.tensors[sb]
+        if ta.scale.size > 1 or tb.scale.size > 1:
+            raise self._unsupported(node, idx, "MatMul of per-channel-scaled tensors")
+        if (
+            len(ta.shape) < 2
+            or len(ta.shape) != len(tb.shape)
+            or ta.shape[:-2] != tb.shape[:-2]
+            or ta.shape[-1] != tb.shape[-2]
+        ):
+            raise self._unsupported(
+                node,
+                idx,
+                f"activation MatMul of {ta.shape} by {tb.shape} (needs (..., M, K) @ (..., K, N) "
+                "with equal leading axes)",
+            )
+        (alo, ahi), (blo, bhi) = self.bounds[sa], self.bounds[sb]
+        corners = [alo * blo, alo * bhi, ahi * blo, ahi * bhi]
+        k = ta.shape[-1]
+        self.ops.append(MatMulTensors(name, [sa, sb], out))
+        self._add_tensor(
+            out,
+            (*ta.shape[:-1], tb.shape[-1]),
+            k * min(corners),
+            k * max(corners),
+            ta.scale * tb.scale,
         )
 
     def _op_Sub(self, node, idx, name, ins, out):
         a, b = ins
+        if a in self.consts and b not in self.consts:
+            # c - x = (-x) + c: an exact negation, then the constant add
+            src = self._dyn(b)
+            neg = f"{out}__neg"
+            lo, hi = self.bounds[src]
+            self.ops.append(Affine(f"{name}_neg", [src], neg, mult=np.array(-1, np.int64)))
+            self._add_tensor(neg, self.tensors[src].shape, -hi, -lo, self.tensors[src].scale)
+            self._add_const(node, idx, name, neg, a, out)
+            return
         if b not in self.consts:
-            raise self._unsupported(node, idx, "Sub of two tensors (only tensor - constant)")
+            self._add_tensors(node, idx, name, a, b, out, subtract=True)
+            return
         c = self.consts[b]
         self.consts[b + "__neg"] = _Const(
             -c.value, None if c.codes is None else -c.codes, c.scale, c.storage, c.node
@@ -1844,7 +2248,8 @@ class _Compiler:
         if a in self.consts and b not in self.consts:
             a, b = b, a
         if b not in self.consts:
-            raise self._unsupported(node, idx, "Mul of two tensors (only tensor * constant)")
+            self._mul_tensors(node, idx, name, a, b, out)
+            return
         src = self._dyn(a)
         ti = self.tensors[src]
         c = np.asarray(self.consts[b].value, np.float64)
@@ -1874,7 +2279,9 @@ class _Compiler:
     #: Ops that take a tensor with a real-valued (non power-of-two) scalar LSB as it is.
     _REAL_SCALE_READERS = frozenset(
         {"MatMul", "Gemm", "Conv", "Quant", "Mul", "Div", "BatchNormalization", "Relu", "MaxPool"}
+        | {"AveragePool", "GlobalAveragePool", "ReduceMean", "ReduceSum", "ConvTranspose"}
         | set(LAYOUT_OPS)
+        | set(TABLE_FUNCS)
     )
 
     def _rescale_ok(self, tensor: str) -> bool:
@@ -1882,9 +2289,17 @@ class _Compiler:
         its scale is reported with the codes); an Add of two tensors needs aligned scales."""
         readers = [n for n in self.graph.node if tensor in n.input]
         for n in readers:
-            if n.op_type == "Add" and all(i not in self.consts for i in n.input):
+            if n.op_type in ("Add", "Sub") and all(i not in self.consts for i in n.input):
                 return False
-            if n.op_type not in self._REAL_SCALE_READERS and n.op_type not in ("Add", "Sub"):
+            if (
+                n.op_type not in self._REAL_SCALE_READERS
+                and n.op_type not in ("Add", "Sub")
+                and n.op_type not in GATHER_OPS
+            ):
+                return False
+            if n.op_type in GATHER_OPS and (
+                n.op_type == "Concat" or not self._rescale_ok(n.output[0])
+            ):
                 return False
             if n.op_type in LAYOUT_OPS and not self._rescale_ok(n.output[0]):
                 return False
@@ -2008,6 +2423,370 @@ class _Compiler:
         )
         self._add_tensor(out, ti.shape, 0, 1 << p.out_type.frac, np.asarray(2.0**-p.out_type.frac))
         self.tensors[out].type = p.out_type
+
+    # -- fixed index maps ---------------------------------------------------------
+    def _const_array(self, cname: str) -> np.ndarray:
+        """A constant in its original dtype (int64 for shapes and pads), for ONNX's reference."""
+        if cname in self.const_raw:
+            return self.const_raw[cname]
+        v = np.asarray(self.consts[cname].value)
+        return v.astype(np.int64 if np.all(v == np.rint(v)) else np.float32)
+
+    def _index_map(self, node: Any, idx: int, ins: list[str], dyn: list[int]) -> list[np.ndarray]:
+        """Run the node in ONNX's reference implementation on tensors holding ``1 + position``.
+
+        Every output element then names the input element it copies (0: a padded zero),
+        so the op's index map, with every attribute and opset rule, is ONNX's own.
+        """
+        from onnx import TensorProto, helper, numpy_helper
+        from onnx.reference import ReferenceEvaluator
+
+        feeds: dict[str, np.ndarray] = {}
+        inits = []
+        names: list[str] = []
+        off = 0
+        for k, i in enumerate(ins):
+            if not i:
+                names.append("")
+                continue
+            nm = f"in{k}"
+            names.append(nm)
+            if k in dyn:
+                shape = self.tensors[self._dyn(i)].shape
+                size = int(np.prod(shape))
+                feeds[nm] = (np.arange(size, dtype=np.float64) + 1 + off).reshape((1, *shape))
+                off += size
+            else:
+                inits.append(numpy_helper.from_array(self._const_array(i), nm))
+        outs = [f"out{j}" for j in range(len(node.output))]
+        one = helper.make_node(node.op_type, names, outs)
+        one.attribute.extend(node.attribute)
+        graph = helper.make_graph(
+            [one],
+            "index_map",
+            [helper.make_tensor_value_info(nm, TensorProto.DOUBLE, None) for nm in feeds],
+            [helper.make_tensor_value_info(o, TensorProto.DOUBLE, None) for o in outs],
+            initializer=inits,
+        )
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", self._opset())])
+        res = ReferenceEvaluator(model).run(None, feeds)
+        maps = []
+        for r in res:
+            r = np.asarray(r, np.float64)
+            if r.ndim == 0 or r.shape[0] != 1:
+                raise self._unsupported(
+                    node, idx, f"it acts on the batch axis (output shape {r.shape} for batch 1)"
+                )
+            if not np.all(r == np.rint(r)) or r.min(initial=0) < 0 or r.max(initial=0) > off:
+                raise self._unsupported(
+                    node, idx, "it computes new values instead of moving its inputs' values"
+                )
+            maps.append(r[0].astype(np.int64) - 1)
+        return maps
+
+    def _op_gather(self, node, idx, name, ins, out):
+        op = node.op_type
+        if op == "Pad":
+            mode = str(self._attr(node, "mode", "constant"))
+            value = float(self._attr(node, "value", 0.0))
+            if len(ins) > 2 and ins[2]:
+                value = float(np.max(np.abs(self.consts[ins[2]].value), initial=0.0))
+            if mode != "constant" or value != 0.0:
+                raise self._unsupported(
+                    node, idx, f"Pad mode={mode!r} value={value}; only constant zero padding"
+                )
+        if op in ("Resize", "Upsample") and str(self._attr(node, "mode", "nearest")) != "nearest":
+            raise self._unsupported(
+                node, idx, f"{op} mode={self._attr(node, 'mode')!r}; only nearest"
+            )
+        dyn = [k for k, i in enumerate(ins) if i and i not in self.consts]
+        if op != "Concat" and dyn != [0]:
+            raise self._unsupported(node, idx, "its shape / index inputs must be constants")
+        if op == "Concat" and len(dyn) != len(ins):
+            raise self._unsupported(node, idx, "Concat of an activation with a constant")
+        srcs = [self._dyn(ins[k]) for k in dyn]
+        infos = [self.tensors[t] for t in srcs]
+        if any(t.scale.size > 1 for t in infos):
+            raise self._unsupported(node, idx, "moving a per-channel-scaled tensor")
+        shifts = [0] * len(srcs)
+        scale = infos[0].scale
+        if len(srcs) > 1 and not all(np.array_equal(t.scale, scale) for t in infos):
+            if not all(t.pot for t in infos):
+                raise self._unsupported(
+                    node, idx, "joining tensors with different non power-of-two scales"
+                )
+            f = max(t.type.frac for t in infos)
+            shifts = [f - t.type.frac for t in infos]
+            scale = np.asarray(2.0**-f)
+        maps = self._index_map(node, idx, ins, dyn)
+        lo = min(self.bounds[t][0] << sh for t, sh in zip(srcs, shifts, strict=True))
+        hi = max(self.bounds[t][1] << sh for t, sh in zip(srcs, shifts, strict=True))
+        for j, m in enumerate(maps):
+            o = node.output[j]
+            if not o:
+                continue
+            flat = m.reshape(-1)
+            shape = tuple(int(d) for d in m.shape)
+            op_name = name if len(maps) == 1 else f"{name}_{j}"
+            if (
+                len(srcs) == 1
+                and np.array_equal(flat, np.arange(flat.size))
+                and flat.size == int(np.prod(infos[0].shape))
+            ):
+                # a pure reshape (Squeeze, Unsqueeze, a full Slice): no data moves
+                if shape == infos[0].shape:
+                    self.alias[o] = srcs[0]
+                    continue
+                self.ops.append(Reshape(op_name, [srcs[0]], o, shape=shape))
+            else:
+                self.ops.append(
+                    Gather(op_name, list(srcs), o, index=flat, shape=shape, shifts=tuple(shifts))
+                )
+            pad = bool(np.any(flat < 0))
+            self._add_tensor(o, shape, min(lo, 0) if pad else lo, max(hi, 0) if pad else hi, scale)
+
+    def _broadcast(self, node: Any, idx: int, src: str, shape: tuple[int, ...]) -> str:
+        """``src`` broadcast to ``shape`` (numpy rules) by a Gather; ``src`` if already equal."""
+        ti = self.tensors[src]
+        if ti.shape == shape:
+            return src
+        try:
+            m = np.broadcast_to(np.arange(int(np.prod(ti.shape))).reshape(ti.shape), shape)
+        except ValueError:
+            raise self._unsupported(
+                node, idx, f"shapes {ti.shape} and {shape} do not broadcast"
+            ) from None
+        out = f"{src}__bcast_{'x'.join(map(str, shape))}"
+        if out not in self.tensors:
+            name = f"{self._node_name(node, idx)}_bcast"
+            self.ops.append(Gather(name, [src], out, index=m.reshape(-1).copy(), shape=shape))
+            lo, hi = self.bounds[src]
+            self._add_tensor(out, shape, lo, hi, ti.scale)
+        return out
+
+    def _two_dynamic(self, node: Any, idx: int, a: str, b: str) -> tuple[str, str, tuple[int, ...]]:
+        sa, sb = self._dyn(a), self._dyn(b)
+        ta, tb = self.tensors[sa], self.tensors[sb]
+        if ta.scale.size > 1 or tb.scale.size > 1:
+            raise self._unsupported(node, idx, f"{node.op_type} of per-channel-scaled tensors")
+        try:
+            shape = tuple(int(d) for d in np.broadcast_shapes(ta.shape, tb.shape))
+        except ValueError:
+            raise self._unsupported(
+                node, idx, f"shapes {ta.shape} and {tb.shape} do not broadcast"
+            ) from None
+        return self._broadcast(node, idx, sa, shape), self._broadcast(node, idx, sb, shape), shape
+
+    # -- elementwise functions as tables -------------------------------------------
+    def _op_table_fn(self, node, idx, name, ins, out):
+        src = self._dyn(ins[0])
+        ti = self.tensors[src]
+        if ti.scale.size > 1:
+            raise self._unsupported(node, idx, f"{node.op_type} of a per-channel-scaled tensor")
+        if ti.type.width > MAX_TABLE_BITS:
+            raise self._unsupported(
+                node,
+                idx,
+                f"its input '{src}' is {ti.type.width} bits wide ({ti.type.hls()}); edgeml "
+                f"tabulates elementwise functions of inputs up to {MAX_TABLE_BITS} bits: put an "
+                "activation quantizer (QuantIdentity / Quant) of at most that width before it",
+            )
+        self.pending_fn[out] = (node, idx, name, src)
+
+    def _table_values(self, fn_node: Any, fn_idx: int, src: str) -> tuple[np.ndarray, np.ndarray]:
+        """(input codes over the whole input type, the function's real values there)."""
+        ti = self.tensors[src]
+        t = ti.type
+        codes = np.arange(t.qmin, t.qmax + 1, dtype=np.int64)
+        attrs = {a.name: self._attr(fn_node, a.name) for a in fn_node.attribute}
+        fn = TABLE_FUNCS[fn_node.op_type](attrs)
+        # QONNX and Brevitas compute in float32: tabulate the same float32 values
+        x = (codes * float(ti.scale)).astype(np.float32)
+        with np.errstate(all="ignore"):
+            y = np.asarray(fn(x), np.float32).astype(np.float64)
+        if not np.all(np.isfinite(y)):
+            bad = codes[~np.isfinite(y)][0]
+            raise self._unsupported(
+                fn_node,
+                fn_idx,
+                f"{fn_node.op_type} is not finite at input code {int(bad)} "
+                f"(value {bad * float(ti.scale):g}); narrow its input quantizer",
+            )
+        return codes, y
+
+    def _table_quant(self, node, idx, src_fn: str, out: str, ins: list[str]) -> None:
+        """The elementwise function before this Quant and the Quant, as one exact table."""
+        fn_node, fn_idx, fn_name, src = self.pending_fn.pop(src_fn)
+        scale, zp, bw = (self.consts[i].value for i in ins[1:4])
+        s, bits, signed, narrow, mode = self._quant_params(node, idx, scale, zp, bw)
+        if s.size > 1:
+            raise self._unsupported(node, idx, "per-channel activation quantizer scales")
+        lo, hi = self._int_range(bits, signed, narrow)
+        codes, y = self._table_values(fn_node, fn_idx, src)
+        q = y.astype(np.float32) / np.float32(float(s.reshape(-1)[0]))
+        table = np.clip(FLOAT_ROUNDING[mode](q.astype(np.float64)), lo, hi).astype(np.int64)
+        self._add_lookup(fn_node, fn_name, src, out, table, codes, s.reshape(()), True)
+
+    def _table_default(self, src_fn: str) -> None:
+        """A function whose output no Quant defines: tabulated at DEFAULT_TABLE_BITS."""
+        fn_node, fn_idx, fn_name, src = self.pending_fn.pop(src_fn)
+        codes, y = self._table_values(fn_node, fn_idx, src)
+        top = float(np.max(np.abs(y), initial=0.0))
+        int_bits = max(1, math.frexp(top)[1] + 1) if top > 0 else 1
+        frac = DEFAULT_TABLE_BITS - int_bits
+        table = np.rint(np.ldexp(y, frac)).astype(np.int64)
+        self.notes.append(
+            f"{fn_name}: {fn_node.op_type} has no output quantizer; tabulated with "
+            f"{frac} fractional bits ({DEFAULT_TABLE_BITS}-bit signed)"
+        )
+        self._add_lookup(fn_node, fn_name, src, src_fn, table, codes, np.asarray(2.0**-frac), False)
+
+    def _add_lookup(
+        self,
+        fn_node: Any,
+        name: str,
+        src: str,
+        out: str,
+        table: np.ndarray,
+        codes: np.ndarray,
+        scale: np.ndarray,
+        exact: bool,
+    ) -> None:
+        op = Lookup(
+            name,
+            [src],
+            out,
+            table=table,
+            lo=int(codes[0]),
+            fn=fn_node.op_type.lower(),
+            exact_vs_qonnx=exact,
+        )
+        self.ops.append(op)
+        self._add_tensor(out, self.tensors[src].shape, int(table.min()), int(table.max()), scale)
+
+    # -- sums: average pools and means as structural (wiring-only) ops -------------
+    def _structural_sum(
+        self, node, idx, name, src: str, out: str, weight: np.ndarray, out_shape, n: int, conv=None
+    ) -> None:
+        """``sum(x)`` over a fixed set (weight codes 0/1) with LSB ``scale / n``: a mean."""
+        ti = self.tensors[src]
+        if ti.scale.size > 1:
+            raise self._unsupported(node, idx, "a mean of a per-channel-scaled tensor")
+        wtype = FixedType(False, 1, 0)
+        if conv is None:
+            op: Dense = Dense(name, [src], out, weight=weight, weight_type=wtype, structural=True)
+        else:
+            op = Conv(
+                name,
+                [src],
+                out,
+                weight=weight,
+                weight_type=wtype,
+                strides=conv[0],
+                pads=conv[1],
+                structural=True,
+            )
+        self.ops.append(op)
+        lo, hi = self.bounds[src]
+        k = int(weight.reshape(-1, weight.shape[-1]).sum(0).max())
+        self._add_tensor(out, out_shape, min(lo * k, 0), max(hi * k, 0), ti.scale / n)
+        if n & (n - 1):
+            self.notes.append(
+                f"{name}: mean over {n} values = exact sum with a real-valued LSB "
+                f"(scale / {n}); the next quantizer rounds it"
+            )
+
+    def _op_AveragePool(self, node, idx, name, ins, out):
+        src = self._dyn(ins[0])
+        ti = self.tensors[src]
+        glob = node.op_type == "GlobalAveragePool"
+        channels_last = "channels_last" in (node.domain or "")
+        if len(ti.shape) != 3:
+            raise self._unsupported(node, idx, f"pooling a {ti.shape} tensor (needs 3-D)")
+        if not channels_last:
+            # NCHW between the Transposes qonnx leaves around ops it does not convert
+            c, h, w = ti.shape
+            tname = f"{src}__nhwc"
+            if tname not in self.tensors:
+                self.ops.append(Transpose(f"{name}_nhwc", [src], tname, perm=(0, 2, 3, 1)))
+                self._add_tensor(tname, (h, w, c), *self.bounds[src], ti.scale)
+            src = tname
+        h, w, c = self.tensors[src].shape
+        if glob:
+            k, st, pads = (h, w), (1, 1), (0, 0, 0, 0)
+        else:
+            k = tuple(int(v) for v in self._attr(node, "kernel_shape"))
+            st = tuple(int(v) for v in (self._attr(node, "strides") or k))
+            pads = tuple(int(v) for v in (self._attr(node, "pads") or [0] * 2 * len(k)))
+            if len(k) == 1:
+                k, st, pads = (1, k[0]), (1, st[0]), (0, pads[0], 0, pads[1])
+            if any(pads) and not int(self._attr(node, "count_include_pad", 0)):
+                raise self._unsupported(
+                    node, idx, "padded AveragePool with count_include_pad=0 (divisor varies)"
+                )
+            if int(self._attr(node, "ceil_mode", 0)):
+                raise self._unsupported(node, idx, "AveragePool with ceil_mode=1")
+        pads4, oh, ow = self._window(node, idx, k, st, pads, h, w)
+        weight = np.zeros((k[0], k[1], c, c), np.int64)
+        weight[:, :, np.arange(c), np.arange(c)] = 1
+        target = out if channels_last else f"{out}__nhwc"
+        self._structural_sum(
+            node, idx, name, src, target, weight, (oh, ow, c), k[0] * k[1], conv=(st, pads4)
+        )
+        if not channels_last:
+            self.ops.append(Transpose(f"{name}_nchw", [target], out, perm=(0, 3, 1, 2)))
+            self._add_tensor(out, (c, oh, ow), *self.bounds[target], self.tensors[target].scale)
+
+    _op_GlobalAveragePool = _op_AveragePool
+
+    def _op_ReduceMean(self, node, idx, name, ins, out):
+        src = self._dyn(ins[0])
+        ti = self.tensors[src]
+        rank = len(ti.shape)
+        axes = self._attr(node, "axes")
+        if len(ins) > 1 and ins[1]:
+            axes = [int(v) for v in self.consts[ins[1]].value.reshape(-1)]
+        if axes is None or len(axes) == 0:
+            if int(self._attr(node, "noop_with_empty_axes", 0)):
+                self.alias[out] = src
+                return
+            axes = list(range(1, rank + 1))
+        axes = sorted({int(a) % (rank + 1) for a in axes})
+        if 0 in axes:
+            raise self._unsupported(node, idx, "reducing over the batch axis")
+        keep = bool(self._attr(node, "keepdims", 1))
+        red = [a - 1 for a in axes]
+        out_shape = tuple(
+            1 if i in red else d for i, d in enumerate(ti.shape) if keep or i not in red
+        )
+        out_shape = out_shape or (1,)
+        size = int(np.prod(ti.shape))
+        pos = np.arange(size).reshape(ti.shape)
+        keep_shape = tuple(1 if i in red else d for i, d in enumerate(ti.shape))
+        # output position of every input element
+        tgt = np.ravel_multi_index(
+            tuple(
+                np.zeros_like(ix) if i in red else ix for i, ix in enumerate(np.indices(ti.shape))
+            ),
+            keep_shape,
+        ).reshape(-1)
+        n_out = int(np.prod(keep_shape))
+        if size * n_out > 1 << 22:
+            raise self._unsupported(
+                node, idx, f"a {size}-to-{n_out} reduction is too large for a dense sum"
+            )
+        weight = np.zeros((size, n_out), np.int64)
+        weight[pos.reshape(-1), tgt] = 1
+        n = size // n_out if node.op_type == "ReduceMean" else 1
+        flat_in, flat_out = f"{src}__flat", f"{out}__flat"
+        if flat_in not in self.tensors:
+            self.ops.append(Reshape(f"{name}_flat", [src], flat_in, shape=(size,)))
+            self._add_tensor(flat_in, (size,), *self.bounds[src], ti.scale)
+        self._structural_sum(node, idx, name, flat_in, flat_out, weight, (n_out,), n)
+        self.ops.append(Reshape(f"{name}_shape", [flat_out], out, shape=out_shape))
+        self._add_tensor(out, out_shape, *self.bounds[flat_out], self.tensors[flat_out].scale)
+
+    _op_ReduceSum = _op_ReduceMean
 
     def _opset(self) -> int:
         for imp in self.mw.model.opset_import:

@@ -595,6 +595,50 @@ class GemmNoBiasToMatMul(Transformation):
         return model, False
 
 
+class UnshareConstantQuants(Transformation):
+    """Give every reader of a constant's quantizer its own copy of that ``Quant`` node.
+
+    One Brevitas layer reused across unrolled steps (a recurrent cell) exports one
+    weight ``Quant`` read by several ``Gemm``/``Conv`` nodes; qonnx's GemmToMatMul and
+    channels-last passes then fold the weight transpose into the constant for the
+    first reader only and leave the others reading a tensor that no longer exists.
+    A copy per reader is what the unrolled hardware has anyway.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.changes: list[str] = []
+
+    def apply(self, model: ModelWrapper) -> tuple[ModelWrapper, bool]:
+        g = model.graph
+        inits = {t.name for t in g.initializer}
+        for idx in reversed(range(len(g.node))):
+            n = g.node[idx]
+            if n.op_type not in ("Quant", "BipolarQuant") or not all(
+                i in inits for i in n.input if i
+            ):
+                continue
+            readers = [r for r in g.node if n.output[0] in r.input]
+            if len(readers) < 2:
+                continue
+            for k, r in enumerate(readers[1:], start=1):
+                copy = onnx.NodeProto()
+                copy.CopyFrom(n)
+                copy.name = _unique(model, f"{n.name or n.op_type}_copy{k}")
+                del copy.output[:]
+                copy.output.append(_unique(model, f"{n.output[0]}_copy{k}"))
+                g.node.insert(idx + 1, copy)
+                for j, i in enumerate(r.input):
+                    if i == n.output[0]:
+                        r.input[j] = copy.output[0]
+            self.changes.insert(
+                0,
+                f"node '{n.name}': constant quantizer read by {len(readers)} nodes (a layer "
+                "reused across steps) copied once per reader",
+            )
+        return model, False
+
+
 class BipolarWeightsToQuant(Transformation):
     """``BipolarQuant`` on a constant weight -> a 2-bit signed narrow ``Quant`` of its signs.
 

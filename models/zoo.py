@@ -42,7 +42,7 @@ class DesignSpec:
 
     ``metrics(outputs, x, y)`` gets the *full* model's float outputs (for an
     autoencoder: the decoded reconstruction) and returns named figures;
-    ``primary`` names the headline one ("accuracy" or "emd"), and
+    ``primary`` names the headline one ("accuracy", "emd", ...), and
     ``higher_is_better`` says which way it improves. ``edge(model)`` returns the
     sub-module exported to QONNX and put on chip; ``edge_metrics(edge_outputs,
     model, x, y)`` computes the same figures from on-chip outputs (e.g. the
@@ -51,7 +51,7 @@ class DesignSpec:
 
     name: str
     title: str
-    task: Literal["classification", "autoencoder"]
+    task: Literal["classification", "autoencoder", "regression"]
     input_shape: tuple[int, ...]
     load_data: Callable[[int], Dataset]
     build_float: Callable[[], nn.Module]
@@ -72,6 +72,10 @@ class DesignSpec:
     #: the flow's default pruning sparsity for this design
     sparsity: float = 0.5
     notes: str = ""
+    #: copies a trained float model into a fresh QAT model (same parameter names by
+    #: default; a study whose edge form differs, e.g. an SSM kernel materialised as
+    #: a FIR filter, supplies its own)
+    init_qat: Callable[[nn.Module, nn.Module], None] = training.init_from_float
 
     def targets(self, split: Literal["train", "test"], data: Dataset) -> np.ndarray:
         """Training targets: labels for a classifier, the input itself for an autoencoder."""
@@ -131,7 +135,7 @@ def train_qat(
         )
     gen = training.seed_all(seed)
     model = spec.build_qat(bit_width)
-    training.init_from_float(model, float_model)
+    spec.init_qat(model, float_model)
     y = spec.targets("train", data)
     return training.fit(model, data.x_train, y, spec.loss, epochs, gen, spec.settings)
 

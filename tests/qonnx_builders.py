@@ -165,7 +165,7 @@ def bipolar_trunc(rng: np.random.Generator) -> ModelWrapper:
 def unsupported(rng: np.random.Generator) -> ModelWrapper:
     b = GraphBuilder((4,), (4,))
     x = b.quant("inp", 2.0**-4, 8)
-    y = b.node("Sigmoid", [x])
+    y = b.node("LRN", [x], size=3)  # local response normalisation: not in edgeml's op set
     return b.build(y)
 
 
