@@ -228,7 +228,7 @@ def _add_faults_group(sp: argparse.ArgumentParser) -> None:
         "--targets",
         default="weight,bias",
         help="comma list of weight, bias, act (activation transients), acc (accumulator "
-        "transients); default weight,bias",
+        "transients), table (lookup-table ROM entries: Tanh, Sigmoid, ...); default weight,bias",
     )
     r.add_argument(
         "--kind",

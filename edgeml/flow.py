@@ -1159,7 +1159,7 @@ def stage_faults(ctx: Context) -> dict[str, Any]:
     from edgeml.fault_injection import samplers as S
     from edgeml.fault_injection.campaign import run_campaign
     from edgeml.fault_injection.metrics import analyse_campaign, ber_curve
-    from edgeml.fault_injection.sites import enumerate_sites
+    from edgeml.fault_injection.sites import PERMANENT_PARAMS, enumerate_sites
 
     g = ctx.golden()
     x, y, source = eval_samples(ctx)
@@ -1168,7 +1168,7 @@ def stage_faults(ctx: Context) -> dict[str, Any]:
     y = None if y is None else y[:n]
     # an autoencoder has no top-1: any changed output code is a corruption
     sdc = "top1" if y is not None or ctx.external else "any"
-    sites = enumerate_sites(g, ("weight", "bias"))
+    sites = enumerate_sites(g, PERMANENT_PARAMS)  # weights, biases, lookup-table ROMs
     res = run_campaign(g, x, y, sites, progress=ctx.progress, sdc=sdc)
     fdir = ctx.run.file("faults")
     fdir.mkdir(parents=True, exist_ok=True)

@@ -35,11 +35,18 @@ from typing import Any
 import numpy as np
 
 from edgeml.errors import ConfigError, CorruptFileError
-from edgeml.golden import Conv, Dense, GoldenModel
+from edgeml.golden import Conv, Dense, GoldenModel, Lookup
 
 from .engine import Reference, SiteTable, _one_blas_thread, check_inputs, check_sdc
 from .inject import fault_values, faulty_model, run_with_faults
-from .sites import STORED_PARAMS, FaultSite, MultiFault, site_tensor
+from .sites import (
+    PERMANENT_PARAMS,
+    STORED_PARAMS,
+    FaultSite,
+    MultiFault,
+    site_tensor,
+    table_storage,
+)
 
 BER_FORMAT = "edgeml.ber_sweep"
 BER_VERSION = 1
@@ -51,15 +58,23 @@ _DRAW_BLOCK = 1 << 20
 
 
 def _bit_table(g: GoldenModel, params: tuple[str, ...]) -> list[tuple[str, str, int, int]]:
-    """(layer, param, words, width) of each parameter memory, in enumerate_sites order."""
+    """(layer, param, words, width) of each stored memory (weights, biases, ROM tables), in
+    graph order; structural weights (wiring) are not memories."""
     rows = []
-    for op in g.param_ops:
+    for op in g.ops:
+        if isinstance(op, Lookup):
+            if "table" in params:
+                codes, t = table_storage(g, op)
+                rows.append((op.name, "table", int(codes.size), t.width))
+            continue
+        if not isinstance(op, Dense):
+            continue
         for param in STORED_PARAMS:
             if param not in params:
                 continue
-            if param == "weight":
+            if param == "weight" and not op.structural:
                 rows.append((op.name, param, int(op.weight.size), op.weight_type.width))
-            elif op.bias is not None and op.bias_type is not None:
+            elif param == "bias" and op.bias is not None and op.bias_type is not None:
                 rows.append((op.name, param, int(op.bias.size), op.bias_type.width))
     return rows
 
@@ -75,10 +90,10 @@ def _check_ber(ber: Any) -> float:
 
 def _check_params(params: Sequence[str]) -> tuple[str, ...]:
     params = tuple(params)
-    bad = [p for p in params if p not in STORED_PARAMS]
+    bad = [p for p in params if p not in PERMANENT_PARAMS]
     if bad or not params:
         raise ConfigError(
-            f"BER params must be a non-empty selection from {STORED_PARAMS} (stored bits), "
+            f"BER params must be a non-empty selection from {PERMANENT_PARAMS} (stored bits), "
             f"got {list(params)}"
         )
     return params
@@ -160,7 +175,7 @@ class MultiFaultResult:
 
 
 def _stored(mf: MultiFault) -> list[FaultSite]:
-    return [s for s in mf.sites if s.param in STORED_PARAMS]
+    return [s for s in mf.sites if s.param in PERMANENT_PARAMS]
 
 
 def _start_op(g: GoldenModel, mf: MultiFault) -> int:
@@ -169,7 +184,7 @@ def _start_op(g: GoldenModel, mf: MultiFault) -> int:
     producer = {op.output: k for k, op in enumerate(g.ops)}
     start = len(g.ops)
     for s in mf.sites:
-        if s.param in STORED_PARAMS:
+        if s.param in PERMANENT_PARAMS:
             start = min(start, pos[s.layer])
         else:
             start = min(start, producer.get(site_tensor(g, s.layer, s.param), -1) + 1)
@@ -181,7 +196,7 @@ def _run_dense_from(g: GoldenModel, env: dict[str, np.ndarray], mf: MultiFault) 
     fm = faulty_model(g, _stored(mf))
     transient: dict[str, list[FaultSite]] = {}
     for s in mf.sites:
-        if s.param not in STORED_PARAMS:
+        if s.param not in PERMANENT_PARAMS:
             transient.setdefault(site_tensor(g, s.layer, s.param), []).append(s)
 
     def hit(name: str, value: np.ndarray) -> np.ndarray:

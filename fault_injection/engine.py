@@ -39,6 +39,14 @@ Dense, elementwise and layout ops (MLPs, the dense head of a CNN). Other
 layers (convolutions, pooling, residual adds, tensors read twice) go through
 the general sparse walker of :mod:`.engine_walker`. Results equal the naive
 engine's array for array (tests/test_fault_models.py, tests/test_faults.py).
+
+The issue-10 ops go through the walker: Gather moves changed positions (index
+map, shifts, padding), Lookup runs on changed positions (it is not monotone, so
+the chain's slack never takes it), Add/Sub/Mul of tensors on the union of the
+changed positions, MatMul of tensors densely per record, and a Dense on
+(tokens, features) as a per-token low-rank update. A Lookup ROM fault (``table``
+site, entry ``i``) changes the op's output wherever its input code is
+``lo + i``; those positions enter the walker (tests/test_fault_ops.py).
 """
 
 from __future__ import annotations
@@ -60,6 +68,7 @@ from edgeml.golden import (
     Conv,
     Dense,
     GoldenModel,
+    Lookup,
     Op,
     Relu,
     Requant,
@@ -72,11 +81,17 @@ from .inject import KIND_CODES, fault_deltas, fault_values
 from .sites import (
     FAULT_KINDS,
     PARAMS,
+    PERMANENT_PARAMS,
+    ROM_PARAMS,
     STORED_PARAMS,
     FaultSite,
+    lookup_op,
+    lookup_ops,
     param_op,
     param_storage,
     site_tensor,
+    stored_words,
+    table_storage,
 )
 
 SDC_MODES: tuple[str, ...] = ("top1", "any")
@@ -342,13 +357,22 @@ class SiteTable:
 
     @classmethod
     def exhaustive(cls, g: GoldenModel) -> SiteTable:
-        """Every weight and bias bit, as arrays (the rows of ``enumerate_sites(g)``, without
-        building 10**4..10**6 FaultSite objects)."""
+        """Every stored bit (weights but structural ones, biases, lookup tables), as arrays:
+        the rows of ``enumerate_sites(g)``, without building 10**4..10**6 FaultSite objects."""
+        names = [op.name for op in g.param_ops] + [op.name for op in lookup_ops(g)]
+        lid = {n: i for i, n in enumerate(names)}
         parts: list[tuple[int, int, int, int]] = []  # (layer id, param, words, width)
-        for li, op in enumerate(g.param_ops):
-            parts.append((li, 0, int(op.weight.size), op.weight_type.width))
-            if op.bias is not None and op.bias_type is not None:
-                parts.append((li, 1, int(op.bias.size), op.bias_type.width))
+        p_table = PARAMS.index("table")
+        for op in g.ops:
+            if isinstance(op, Dense):
+                li = lid[op.name]
+                if not op.structural:
+                    parts.append((li, _P_WEIGHT, int(op.weight.size), op.weight_type.width))
+                if op.bias is not None and op.bias_type is not None:
+                    parts.append((li, _P_BIAS, int(op.bias.size), op.bias_type.width))
+            elif isinstance(op, Lookup):
+                codes, ftype = table_storage(g, op)
+                parts.append((lid[op.name], p_table, int(codes.size), ftype.width))
         cols: list[list[np.ndarray]] = [[], [], [], []]
         for li, pi, words, width in parts:
             n = words * width
@@ -365,7 +389,7 @@ class SiteTable:
             cat[3].astype(np.int16),
             np.zeros(n, np.int8),
             np.ones(n, np.int16),
-            [op.name for op in g.param_ops],
+            names,
         )
 
     def groups(self) -> Iterator[tuple[int, int, np.ndarray]]:
@@ -380,15 +404,23 @@ class SiteTable:
     def word(self, g: GoldenModel, li: int, pi: int) -> tuple[int, Any, str | None]:
         """(words, storage type, tensor name or None for stored params) of one group."""
         name, param = self.layer_names[li], PARAMS[pi]
-        if param in STORED_PARAMS:
-            codes, ftype = param_storage(param_op(g, name), param)
+        if param in PERMANENT_PARAMS:
+            codes, ftype = stored_words(g, name, param)
             return int(codes.size), ftype, None
         t = site_tensor(g, name, param)
         return int(np.prod(g.tensors[t].shape, dtype=np.int64)), g.tensors[t].type, t
 
-    def deltas(self, op: Dense, param: str, rows: np.ndarray) -> np.ndarray:
-        """``faulty - stored`` code of the ``rows`` sites in ``op.<param>`` (weight or bias)."""
-        codes, ftype = param_storage(op, param)
+    def deltas(
+        self, op: Dense, param: str, rows: np.ndarray, g: GoldenModel | None = None
+    ) -> np.ndarray:
+        """``faulty - stored`` code of the ``rows`` sites in ``op.<param>`` (weight, bias;
+        ``table`` of a Lookup op needs ``g`` for its storage type)."""
+        if param in ROM_PARAMS:
+            if g is None:
+                raise ConfigError("table deltas need the golden model (its output type)")
+            codes, ftype = table_storage(g, op)  # type: ignore[arg-type]
+        else:
+            codes, ftype = param_storage(op, param)
         return fault_deltas(
             codes,
             ftype.width,
@@ -687,11 +719,14 @@ class FaultEngine:
             param = PARAMS[pi]
             if param in STORED_PARAMS:
                 op = param_op(self.g, name)
-                chain = None if isinstance(op, Conv) else self._chain(op.output)
+                flat_in = not isinstance(op, Conv) and self.env[op.inputs[0]].ndim == 2
+                chain = self._chain(op.output) if flat_in else None
                 if chain is None:
                     self._walker_params(op, param, table, rows, tally, progress)
                 else:
                     self._chain_params(op, param, chain, table, rows, tally, progress)
+            elif param in ROM_PARAMS:
+                self._walker_table(lookup_op(self.g, name), table, rows, tally, progress)
             else:
                 t = site_tensor(self.g, name, param)
                 chain = self._chain(t)
@@ -723,7 +758,7 @@ class FaultEngine:
             if op is None or len(op.inputs) != 1:
                 ok = False
                 break
-            if isinstance(op, Dense) and not isinstance(op, Conv):
+            if isinstance(op, Dense) and not isinstance(op, Conv) and self.env[cur].ndim == 2:
                 w = np.asarray(op.effective_weight()).astype(np.int64) << op.acc_shift
                 wf = w.astype(np.float64)
                 bound = int(np.abs(w).sum(axis=0).max()) if w.size else 0
@@ -1434,6 +1469,39 @@ class FaultEngine:
                 self._tally_dense_pairs(tally, r, fa, sa, out_pos, out_val)
                 if progress is not None:
                     progress.update(part.size)
+
+    def _walker_table(
+        self, op: Lookup, table: SiteTable, rows: np.ndarray, tally: Tally, progress: Any
+    ) -> None:
+        """ROM faults of a Lookup op: entry ``i`` changes the output wherever the input
+        code is ``lo + i`` (any number of positions per sample); the walker takes it
+        from there. Entries no sample reads change nothing."""
+        n = self.n
+        k = self._op_pos[id(op)]
+        x = self._flat[op.inputs[0]]
+        base = self._flat[op.output]
+        codes, _ = table_storage(self.g, op)
+        idx = table.index[rows]
+        new = codes.reshape(-1)[idx] + table.deltas(op, "table", rows, self.g)  # type: ignore[arg-type]
+        biggest = max(int(np.prod(tt.shape, dtype=np.int64)) for tt in self.g.tensors.values())
+        cap = max(1, min(256, _MAX_BATCH_ELEMS // max(1, n * biggest)))
+        order = np.argsort(idx, kind="stable")
+        bounds = np.flatnonzero(np.diff(idx[order])) + 1
+        for group in np.split(order, bounds):
+            if not group.size:
+                continue
+            hit = x == int(op.lo) + int(idx[group[0]])  # (N, P): where this entry is read
+            pos = np.flatnonzero(hit.any(axis=0))
+            if pos.size:
+                h = hit[:, pos][None]
+                b = base[:, pos][None]
+                for c0 in range(0, group.size, cap):
+                    part = group[c0 : c0 + cap]
+                    val = np.where(h, new[part][:, None, None], b)
+                    fa, sa, out_pos, out_val = self._walker.run(k + 1, op.output, pos, val)
+                    self._tally_dense_pairs(tally, rows[part], fa, sa, out_pos, out_val)
+            if progress is not None:
+                progress.update(group.size)
 
     def _tally_dense_pairs(
         self,

@@ -18,18 +18,26 @@ import dataclasses
 import numpy as np
 
 from edgeml.golden import (
+    AddTensors,
     Affine,
     Bipolar,
     Conv,
     Dense,
+    Gather,
     GoldenModel,
+    Lookup,
     MaxPool,
+    MulTensors,
     Op,
     Relu,
     Requant,
     Reshape,
+    SubTensors,
     Transpose,
 )
+
+#: Two-input elementwise ops on equal shapes: computed on the changed positions only.
+_BINARY = (AddTensors, SubTensors, MulTensors)
 
 #: Widest record (sample id + changed values) the walker deduplicates; wider ones rarely repeat.
 _DEDUPE_MAX_WIDTH = 65
@@ -39,9 +47,11 @@ def _channel_sliced(op: Op, chan: np.ndarray, n_chan: int) -> Op | None:
     """A copy of an elementwise op whose per-channel constants are gathered at ``chan``.
 
     Used to run the op on a few positions (last axis = positions) instead of a
-    whole tensor. ``None`` if the op is not a known elementwise op.
+    whole tensor. ``None`` if the op is not a known elementwise op. A Lookup
+    (one table for every element) is elementwise but not monotone: the walker
+    runs it on changed positions, the chain engine's slack does not take it.
     """
-    if isinstance(op, (Relu, Bipolar)):
+    if isinstance(op, (Relu, Bipolar, Lookup)):
         return op
     if not isinstance(op, (Requant, Affine)):
         return None
@@ -146,6 +156,66 @@ class _Walker:
         y = self._base(op.output, sample) + dy.reshape(sample.size, -1)
         return np.arange(y.shape[1]), y
 
+    def _gather(self, op: Gather, mod: dict) -> tuple[np.ndarray, np.ndarray] | None:
+        """A Gather moves values: output positions whose source changed get the new
+        (shifted) value, every other one keeps the trace's. None if nothing it reads changed."""
+        sizes = [int(np.prod(self.env[i].shape[1:], dtype=np.int64)) for i in op.inputs]
+        offs = np.cumsum([0, *sizes])
+        shifts = op.shifts or (0,) * len(op.inputs)
+        src_pos, src_val = [], []
+        for j, name in enumerate(op.inputs):
+            if name in mod:
+                p, v = mod[name]
+                src_pos.append(p + offs[j])
+                src_val.append(v << shifts[j] if shifts[j] else v)
+        if not src_pos:
+            return None
+        pos = np.concatenate(src_pos)
+        val = np.concatenate(src_val, axis=1)
+        slot = np.full(int(offs[-1]) + 1, -1, np.int64)  # +1: index -1 (constant 0)
+        slot[pos] = np.arange(pos.size)
+        index = np.asarray(op.index, np.int64).reshape(-1)
+        which = slot[index]  # index -1 reads the last slot, which stays -1
+        out_pos = np.flatnonzero(which >= 0)
+        return out_pos, val[:, which[out_pos]]
+
+    def _binary(
+        self, op: Op, mod: dict, sample: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """An elementwise two-input op on the union of the positions changed in either
+        input (equal shapes only; None otherwise)."""
+        a, b = op.inputs
+        if self.env[a].shape != self.env[b].shape:
+            return None
+        pos = np.unique(np.concatenate([mod[i][0] for i in (a, b) if i in mod]))
+
+        def vals(name: str) -> np.ndarray:
+            v = self._base(name, sample, pos)
+            if name in mod:
+                p, w = mod[name]
+                v[:, np.searchsorted(pos, p)] = w
+            return v
+
+        return pos, np.asarray(op(vals(a), vals(b)))
+
+    def _dense_tokens(
+        self, op: Dense, src: str, pv: tuple[np.ndarray, np.ndarray], sample: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """A Dense on a (..., features) input applies per token: y' = y + (x' - x) @ W on
+        the tokens that changed, exact in int64 (shifts aside, as :meth:`Dense.finish`)."""
+        pos, val = pv
+        shape = self.env[src].shape[1:]
+        f_in = shape[-1]
+        tokens = np.unique(pos // f_in)
+        dx = np.zeros((sample.size, tokens.size, f_in), np.int64)
+        dx[:, np.searchsorted(tokens, pos // f_in), pos % f_in] = val - self._base(src, sample, pos)
+        upd = dx @ np.asarray(op.effective_weight())
+        if op.acc_shift:
+            upd = upd << op.acc_shift
+        f_out = upd.shape[-1]
+        out_pos = (tokens[:, None] * f_out + np.arange(f_out)[None, :]).reshape(-1)
+        return out_pos, self._base(op.output, sample, out_pos) + upd.reshape(sample.size, -1)
+
     def _prune(
         self, mod: dict, sample: np.ndarray, k: int
     ) -> tuple[dict, np.ndarray, np.ndarray | None]:
@@ -232,6 +302,13 @@ class _Walker:
                 if self._last_use.get(src, -1) <= k:
                     del mod[src]
                 continue
+            if isinstance(op, Gather):
+                # data movement: a moved (shifted) change stays a change; nothing to prune
+                mod[op.output] = self._gather(op, mod)  # type: ignore[assignment]
+                for i in op.inputs:
+                    if i in mod and self._last_use.get(i, -1) <= k:
+                        del mod[i]
+                continue
             n_chan = g.tensors[src].shape[-1] if g.tensors[src].shape else 1
             sliced = None
             if len(op.inputs) == 1:
@@ -256,7 +333,13 @@ class _Walker:
                     break
                 if not any(i in mod for i in op.inputs):
                     continue
-            if len(op.inputs) == 1 and isinstance(op, Dense) and not isinstance(op, Conv):
+            tokens = self.env[src].ndim > 2
+            if (
+                len(op.inputs) == 1
+                and isinstance(op, Dense)
+                and not isinstance(op, Conv)
+                and not tokens
+            ):
                 # Linearity: y' = y + ((x' - x)[:, P] @ W[P, :]) << acc_shift.
                 p_in, v = mod[src]
                 if k not in self._weff:
@@ -274,10 +357,17 @@ class _Walker:
                     del mod[src]
                 dirty = True  # a linear map rarely cancels a change: prune lazily
                 continue
-            if len(op.inputs) == 1 and isinstance(op, Conv):
+            sparse = None
+            if isinstance(op, _BINARY):
+                sparse = self._binary(op, mod, sample)
+            if sparse is not None:
+                mod[op.output] = sparse
+            elif len(op.inputs) == 1 and isinstance(op, Conv) and getattr(op, "groups", 1) == 1:
                 mod[op.output] = self._conv(op, src, mod[src], sample)
             elif len(op.inputs) == 1 and isinstance(op, MaxPool):
                 mod[op.output] = self._maxpool(op, src, mod[src], sample)
+            elif len(op.inputs) == 1 and isinstance(op, Dense) and not isinstance(op, Conv):
+                mod[op.output] = self._dense_tokens(op, src, mod[src], sample)
             else:
                 # Anything else (conv, residual add, ...): run densely per record.
                 out = np.asarray(op(*(self._full(i, mod, sample) for i in op.inputs)))
@@ -294,9 +384,10 @@ class _Walker:
 
 def _weight_rows(op: Dense, x: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """Input values that multiply weight row ``r`` (flat over all but the output axis),
-    for each ``r`` in ``rows``: shape (len(rows), M), M = N (Dense) or N*OH*OW (Conv)."""
+    for each ``r`` in ``rows``: shape (len(rows), M), M = N (Dense), N*T (a Dense applied
+    per token to (N, ..., features) inputs, T tokens) or N*OH*OW (Conv)."""
     if not isinstance(op, Conv):
-        return x.reshape(x.shape[0], -1).T[rows]
+        return x.reshape(-1, op.weight.shape[0]).T[rows]
     pat = op.patches(x)  # strided view (N, OH, OW, kh, kw, cin); no im2col copy
     uniq, inv = np.unique(rows, return_inverse=True)
     a, b, c = np.unravel_index(uniq, pat.shape[3:])
@@ -309,7 +400,7 @@ def _column_change(
 ) -> np.ndarray:
     """Change of the output channel each fault hits, shape (F, M) (bias: (F, 1)).
 
-    ``M`` is N for Dense and N*OH*OW for Conv. A weight fault at (row i,
+    ``M`` is N for Dense (N*T per token) and N*OH*OW for Conv. A weight fault at (row i,
     channel j) adds ``(x_i * (delta << lshift_j)) << acc_shift`` (x_i the input
     column, or the im2col patch column, feeding row i); a bias fault adds
     ``delta << bias_shift`` everywhere in channel j.
@@ -317,6 +408,8 @@ def _column_change(
     cout = op.weight.shape[-1]
     if param == "bias":
         return (delta << op.bias_shift)[:, None]
+    if getattr(op, "groups", 1) != 1:  # a grouped weight layout: re-run the op per fault
+        return _column_change_by_rerun(op, x, index, delta)
     j = index % cout
     ls = np.broadcast_to(np.asarray(op.weight_lshift, np.int64).reshape(-1), (cout,))
     d = delta << ls[j]
@@ -324,3 +417,19 @@ def _column_change(
     if op.acc_shift:
         ch = ch << op.acc_shift
     return ch
+
+
+def _column_change_by_rerun(
+    op: Dense, x: np.ndarray, index: np.ndarray, delta: np.ndarray
+) -> np.ndarray:
+    """:func:`_column_change` for weight layouts it does not know (a ``groups`` field):
+    the op re-run without bias on weights holding only each fault's change, exact by
+    linearity; shape (F, M)."""
+    cout = op.weight.shape[-1]
+    out = []
+    for i, d in zip(index.tolist(), delta.tolist(), strict=True):
+        w = np.zeros(op.weight.shape, np.int64)
+        w.reshape(-1)[i] = d
+        y = np.asarray(dataclasses.replace(op, weight=w, bias=None)(x))
+        out.append(y.reshape(-1, cout)[:, i % cout])
+    return np.stack(out) if out else np.zeros((0, 0), np.int64)

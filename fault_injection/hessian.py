@@ -18,7 +18,14 @@ code LSB, derived from the golden tensors' scales
 (weight: ``2**(lshift_j + acc_shift) * s_out_j / s_in``; bias:
 ``2**bias_shift * s_out_j``). ``theta`` is one flat vector, segment by segment in
 ``g.param_ops`` order (weight, then bias), each segment in the C order of the op's
-code array, i.e. the flat ``index`` of a :class:`FaultSite`.
+code array, i.e. the flat ``index`` of a :class:`FaultSite`; then each Lookup op's
+ROM (``table`` segment, lsb = its output scale). A structural Dense/Conv (a mean's
+ones, a grouped conv's zeros) has no weight segment: its weights are constants.
+
+**New ops.** Gather (data movement), Sub/Mul/MatMul of two tensors mirror exactly.
+A Lookup is its table as a piecewise-constant function in the forward pass
+(exact codes) with a straight-through derivative in its input: the table's
+central-difference slope at the entry read (see :meth:`FloatMirror._lookup`).
 
 **Curvature.** The loss is the mean cross-entropy of the real-valued logits
 (output codes x output scale) on labelled samples. Hessian-vector products are
@@ -77,14 +84,19 @@ from edgeml.golden import (
     Bipolar,
     Conv,
     Dense,
+    Gather,
     GoldenModel,
     LeakyRelu,
+    Lookup,
+    MatMulTensors,
     MaxPool,
+    MulTensors,
     Relu,
     Requant,
     Reshape,
     Sign,
     Softmax,
+    SubTensors,
     Transpose,
 )
 
@@ -102,6 +114,11 @@ MIRRORED_OPS = (
     Sign,
     LeakyRelu,
     Softmax,
+    Gather,
+    Lookup,
+    SubTensors,
+    MulTensors,
+    MatMulTensors,
 )
 
 if TYPE_CHECKING:
@@ -113,7 +130,7 @@ log = logging.getLogger(__name__)
 
 RULES: tuple[str, ...] = ("delta", "bit_major", "param_major")
 EIGEN_METHODS: tuple[str, ...] = ("lanczos", "power")
-PARAM_NAMES: tuple[str, ...] = ("weight", "bias")
+PARAM_NAMES: tuple[str, ...] = ("weight", "bias", "table")
 
 HVP = Callable[["torch.Tensor"], "torch.Tensor"]
 
@@ -134,7 +151,7 @@ class ParamSegment:
     """Where one op's weight (or bias) codes live in the flat parameter vector ``theta``."""
 
     layer: str
-    param: str  # "weight" | "bias"
+    param: str  # "weight" | "bias" | "table"
     offset: int
     shape: tuple[int, ...]
     lsb: np.ndarray  # real value of one code LSB, per element (broadcast to ``shape``), flat
@@ -165,22 +182,23 @@ def _param_segments(g: GoldenModel) -> list[ParamSegment]:
         s_out = np.broadcast_to(
             np.asarray(g.tensors[op.output].scale, np.float64).reshape(-1), (cout,)
         )
-        ls = np.broadcast_to(np.asarray(op.weight_lshift, np.int64).reshape(-1), (cout,))
-        w_lsb = np.ldexp(s_out / float(s_in.reshape(-1)[0]), ls + op.acc_shift)
-        w = np.ascontiguousarray(op.weight, dtype=np.int64)
-        segs.append(
-            ParamSegment(
-                op.name,
-                "weight",
-                off,
-                tuple(w.shape),
-                np.broadcast_to(w_lsb, w.shape).reshape(-1).copy(),
-                op.weight_type.width,
-                op.weight_type.signed,
-                w.reshape(-1).copy(),
+        if not op.structural:  # a structural op's weights are wiring: constants, no segment
+            ls = np.broadcast_to(np.asarray(op.weight_lshift, np.int64).reshape(-1), (cout,))
+            w_lsb = np.ldexp(s_out / float(s_in.reshape(-1)[0]), ls + op.acc_shift)
+            w = np.ascontiguousarray(op.weight, dtype=np.int64)
+            segs.append(
+                ParamSegment(
+                    op.name,
+                    "weight",
+                    off,
+                    tuple(w.shape),
+                    np.broadcast_to(w_lsb, w.shape).reshape(-1).copy(),
+                    op.weight_type.width,
+                    op.weight_type.signed,
+                    w.reshape(-1).copy(),
+                )
             )
-        )
-        off += w.size
+            off += w.size
         if op.bias is not None and op.bias_type is not None:
             b = np.ascontiguousarray(op.bias, dtype=np.int64).reshape(-1)
             segs.append(
@@ -196,8 +214,30 @@ def _param_segments(g: GoldenModel) -> list[ParamSegment]:
                 )
             )
             off += b.size
+    for op in g.ops:  # lookup ROMs after every Dense/Conv segment: entries in output LSBs
+        if isinstance(op, Lookup):
+            t = g.tensors[op.output]
+            lsb = np.asarray(t.scale, np.float64).reshape(-1)
+            if lsb.size != 1:
+                raise UnsupportedOpError(
+                    f"lookup '{op.name}': a per-channel output scale has no float mirror"
+                )
+            codes = np.asarray(op.table, np.int64).reshape(-1)
+            segs.append(
+                ParamSegment(
+                    op.name,
+                    "table",
+                    off,
+                    (codes.size,),
+                    np.full(codes.size, float(lsb[0])),
+                    t.type.width,
+                    t.type.signed,
+                    codes.copy(),
+                )
+            )
+            off += codes.size
     if not segs:
-        raise ConfigError("the design has no Dense/Conv layer: nothing to rank")
+        raise ConfigError("the design has no Dense/Conv layer or lookup table: nothing to rank")
     return segs
 
 
@@ -227,11 +267,12 @@ class FloatMirror:
         # theta / s_out (bias).
         self._code_mult: dict[tuple[str, str], Any] = {}
         for op in g.param_ops:
-            cout = op.weight.shape[-1]
-            ls = np.broadcast_to(np.asarray(op.weight_lshift, np.int64).reshape(-1), (cout,))
-            seg = self._seg[(op.name, "weight")]
-            mult = np.ldexp(1.0 / seg.lsb.reshape(seg.shape), ls + op.acc_shift)
-            self._code_mult[(op.name, "weight")] = torch.tensor(mult.reshape(-1))
+            if (op.name, "weight") in self._seg:
+                cout = op.weight.shape[-1]
+                ls = np.broadcast_to(np.asarray(op.weight_lshift, np.int64).reshape(-1), (cout,))
+                seg = self._seg[(op.name, "weight")]
+                mult = np.ldexp(1.0 / seg.lsb.reshape(seg.shape), ls + op.acc_shift)
+                self._code_mult[(op.name, "weight")] = torch.tensor(mult.reshape(-1))
             if (op.name, "bias") in self._seg:
                 bs = self._seg[(op.name, "bias")]
                 self._code_mult[(op.name, "bias")] = torch.tensor(
@@ -292,17 +333,24 @@ class FloatMirror:
 
     def _dense(self, op: Dense, x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
         torch = _torch()
-        seg = self.segment(op.name, "weight")
-        # Code-domain weight incl. every shift: W_code * 2**(lshift + acc_shift) = theta * s_in / s_out.
-        w_eff = (theta[seg.offset : seg.stop] * self._code_mult[(op.name, "weight")]).reshape(
-            seg.shape
-        )
+        if op.structural:  # wiring (a mean's ones): a constant, not a parameter
+            w = np.asarray(op.effective_weight(), np.int64) << op.acc_shift
+            w_eff = torch.as_tensor(w.astype(np.float64))
+        else:
+            seg = self.segment(op.name, "weight")
+            # Code-domain weight incl. every shift: W_code * 2**(lshift + acc_shift)
+            # = theta * s_in / s_out.
+            w_eff = (theta[seg.offset : seg.stop] * self._code_mult[(op.name, "weight")]).reshape(
+                seg.shape
+            )
         if isinstance(op, Conv):
             top, left, bottom, right = op.pads
             xt = x.permute(0, 3, 1, 2)
             if any(op.pads):
                 xt = torch.nn.functional.pad(xt, (left, right, top, bottom))
-            y = torch.nn.functional.conv2d(xt, w_eff.permute(3, 2, 0, 1), stride=op.strides)
+            y = torch.nn.functional.conv2d(
+                xt, w_eff.permute(3, 2, 0, 1), stride=op.strides, groups=getattr(op, "groups", 1)
+            )
             y = y.permute(0, 2, 3, 1)
         else:
             y = x @ w_eff
@@ -363,6 +411,23 @@ class FloatMirror:
             return x + (torch.sign(x) - x).detach()
         if isinstance(op, LeakyRelu):
             return torch.where(x >= 0, x * float(op.pos_mult), x * float(op.neg_mult))
+        if isinstance(op, Gather):
+            n = x.shape[0]
+            shifts = op.shifts or (0,) * len(xs)
+            parts = [v.reshape(n, -1) * float(2.0**sh) for v, sh in zip(xs, shifts, strict=True)]
+            parts.append(torch.zeros((n, 1), dtype=x.dtype))
+            flat = torch.cat(parts, dim=1)
+            idx = torch.as_tensor(np.asarray(op.index, np.int64).reshape(-1))
+            idx = torch.where(idx < 0, flat.shape[1] - 1, idx)  # -1: the constant 0
+            return flat[:, idx].reshape((n, *op.shape))
+        if isinstance(op, Lookup):
+            return self._lookup(op, x, theta)
+        if isinstance(op, SubTensors):
+            return x * float(2.0**op.shift_a) - xs[1] * float(2.0**op.shift_b)
+        if isinstance(op, MulTensors):
+            return x * xs[1]
+        if isinstance(op, MatMulTensors):
+            return torch.matmul(x, xs[1])
         if isinstance(op, Softmax):
             # float softmax of the real logits on the output grid; with STE the forward
             # value is the golden op's exact table arithmetic
@@ -373,6 +438,30 @@ class FloatMirror:
             exact = torch.as_tensor(op(np.rint(x.detach().numpy()).astype(np.int64)))
             return y + (exact.to(y.dtype) - y).detach()
         raise UnsupportedOpError(f"op '{op.name}' ({type(op).__name__}) has no float mirror")
+
+    def _lookup(self, op: Lookup, x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+        """A table as a piecewise-constant function with a straight-through slope.
+
+        Forward: ``table[round(x) - lo]`` (the golden op exactly, on integer codes),
+        the entries being the differentiable ``theta`` segment of the ROM (so table
+        sites get gradients and curvature like weights). Backward in ``x``: the
+        table's central-difference slope at the entry read (one-sided at the ends),
+        the derivative of the piecewise-linear interpolation of the table; the
+        exact piecewise-constant derivative would be 0 almost everywhere and
+        stop every gradient at the lookup.
+        """
+        torch = _torch()
+        seg = self.segment(op.name, "table")
+        entries = theta[seg.offset : seg.stop] / torch.as_tensor(seg.lsb)
+        codes = seg.codes.astype(np.float64)
+        if codes.size > 1:
+            slope_np = np.gradient(codes)
+        else:
+            slope_np = np.zeros(codes.size)
+        slope = torch.as_tensor(slope_np)
+        i = torch.round(x.detach()).to(torch.int64) - int(op.lo)
+        i = torch.clamp(i, 0, seg.size - 1)  # the table covers the input type's codes
+        return entries[i] + slope[i] * (x - x.detach())
 
     def logits(self, x_codes: Any, theta: torch.Tensor | None = None) -> torch.Tensor:
         """Real-valued outputs (codes x output scale), flattened to (N, classes)."""
@@ -651,7 +740,8 @@ def _site_word(mirror: FloatMirror, sites: Sequence[FaultSite]) -> tuple[np.ndar
     bad = [s for s in sites if s.param not in PARAM_NAMES]
     if bad:
         raise ConfigError(
-            f"rankings cover weight/bias sites only; got {len(bad)} other site(s), e.g. {bad[0]}"
+            f"rankings cover weight/bias sites only, plus lookup 'table' sites; got {len(bad)} "
+            f"other site(s), e.g. {bad[0]}"
         )
     pidx = mirror.param_index(sites)
     seg_of = {(s.layer, s.param): s for s in mirror.segments}

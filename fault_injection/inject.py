@@ -184,24 +184,25 @@ def _apply_site(codes: np.ndarray, ftype, site: FaultSite) -> np.ndarray:
 
 
 def faulty_model(g: GoldenModel, sites: Sequence[FaultSite]) -> GoldenModel:
-    """A copy of ``g`` with every stored-parameter site applied (in order); ``g`` is untouched.
+    """A copy of ``g`` with every permanent site applied (in order); ``g`` is untouched.
 
-    Transient (``act`` / ``acc``) sites are ignored here: see :func:`run_with_faults`.
+    Weight / bias sites corrupt a Dense/Conv op's codes, ``table`` sites a Lookup
+    op's ROM entries. Transient (``act`` / ``acc``) sites are ignored here: see
+    :func:`run_with_faults`.
     """
-    from .sites import STORED_PARAMS, check_site, param_storage
+    from .sites import PERMANENT_PARAMS, check_site, stored_words
 
     groups: dict[tuple[str, str], list[FaultSite]] = {}
     for site in sites:
-        if site.param in STORED_PARAMS:
+        if site.param in PERMANENT_PARAMS:
             groups.setdefault((site.layer, site.param), []).append(site)
     if not groups:
         return g
-    ops = {op.name: op for op in g.param_ops}
     by_op: dict[str, dict[str, np.ndarray]] = {}
     for (layer, param), group in groups.items():
         for site in (group[0], max(group, key=lambda t: (t.index, t.bit + t.nbits))):
             check_site(g, site)  # the first, and the one reaching furthest
-        codes, ftype = param_storage(ops[layer], param)
+        codes, ftype = stored_words(g, layer, param)
         idx = np.array([t.index for t in group], np.int64)
         if np.unique(idx).size == idx.size:  # one site per word: all at once
             out = np.array(codes, dtype=np.int64, order="C", copy=True)
@@ -228,17 +229,17 @@ def faulty_model(g: GoldenModel, sites: Sequence[FaultSite]) -> GoldenModel:
 def run_with_faults(g: GoldenModel, x_codes: np.ndarray, sites: Sequence[FaultSite]) -> np.ndarray:
     """Output codes of ``g`` on ``x_codes`` with every site applied: the reference semantics.
 
-    Stored-parameter sites corrupt a copy of the model for all samples;
+    Stored sites (weights, biases, lookup tables) corrupt a copy of the model for all samples;
     ``act`` / ``acc`` sites corrupt their tensor element in each sample's
     pass (one transient per inference) right after the op producing it (or on
     the input codes, for the input tensor), before any consumer reads it.
     """
-    from .sites import STORED_PARAMS, check_site, site_tensor
+    from .sites import PERMANENT_PARAMS, check_site, site_tensor
 
     fm = faulty_model(g, sites)
     transient: dict[str, list[FaultSite]] = {}
     for site in sites:
-        if site.param not in STORED_PARAMS:
+        if site.param not in PERMANENT_PARAMS:
             check_site(g, site)
             transient.setdefault(site_tensor(g, site.layer, site.param), []).append(site)
     x = np.asarray(x_codes)

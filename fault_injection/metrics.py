@@ -39,6 +39,8 @@ import numpy as np
 
 from edgeml.errors import ConfigError
 
+from .sites import PERMANENT_PARAMS
+
 if TYPE_CHECKING:
     from edgeml.golden import GoldenModel
 
@@ -220,19 +222,24 @@ def secded_check_bits(width: int) -> int:
 
 
 def site_words(g: GoldenModel, sites: Sequence[FaultSite]) -> tuple[np.ndarray, np.ndarray]:
-    """(word id, word width) per weight/bias site; one word per stored parameter code."""
+    """(word id, word width) per stored-bit site; one word per weight, bias or table entry."""
+    from .sites import lookup_ops, table_storage
+
     widths = {}
     for op in g.param_ops:
-        widths[(op.name, "weight")] = op.weight_type.width
+        if not op.structural:
+            widths[(op.name, "weight")] = op.weight_type.width
         if op.bias is not None and op.bias_type is not None:
             widths[(op.name, "bias")] = op.bias_type.width
+    for lut in lookup_ops(g):
+        widths[(lut.name, "table")] = table_storage(g, lut)[1].width
     ids: dict[tuple[str, str, int], int] = {}
     wid = np.empty(len(sites), np.int64)
     wwidth = np.empty(len(sites), np.int64)
     for i, s in enumerate(sites):
         key = (s.layer, s.param)
         if key not in widths:
-            raise ConfigError(f"site {s} is not a weight/bias bit of the design")
+            raise ConfigError(f"site {s} is not a stored (weight/bias/table) bit of the design")
         wid[i] = ids.setdefault((s.layer, s.param, s.index), len(ids))
         wwidth[i] = widths[key]
     return wid, wwidth
@@ -343,6 +350,8 @@ def ber_curve(trials: Mapping[float, Any] | Any, confidence: float = 0.95) -> di
 
 
 def _position(op: Any, param: str, index: int) -> str:
+    if param == "table":  # a lookup table's entry, named by the input code that reads it
+        return f"[{int(index)}] (input code {int(op.lo) + int(index)})"
     shape = op.weight.shape if param == "weight" else op.bias.shape
     return "[" + ",".join(str(int(v)) for v in np.unravel_index(index, shape)) + "]"
 
@@ -367,7 +376,9 @@ def top_sites(
     s = _sdc(sdc_rate, len(sites))
     acc = np.zeros(s.size) if acc_drop is None else np.nan_to_num(np.asarray(acc_drop, float))
     order = np.lexsort((np.arange(s.size), -acc, -s))[: max(0, int(n))]
-    ops = {op.name: op for op in g.param_ops}
+    from .sites import lookup_ops
+
+    ops: dict[str, Any] = {op.name: op for op in [*g.param_ops, *lookup_ops(g)]}
     mirror = FloatMirror(g)
     chosen = [sites[int(i)] for i in order]
     deltas = site_deltas(mirror, chosen) if chosen else np.zeros(0)
@@ -375,8 +386,7 @@ def top_sites(
     for j, i in enumerate(order):
         st = sites[int(i)]
         op = ops[st.layer]
-        codes = op.weight if st.param == "weight" else op.bias
-        code = int(np.asarray(codes).reshape(-1)[st.index])
+        code = int(np.asarray(getattr(op, st.param)).reshape(-1)[st.index])
         lsb = mirror.lsb[mirror.param_index([st])[0]]
         row = {
             "layer": st.layer,
@@ -402,7 +412,7 @@ def _param_flip_rows(result: Any) -> tuple[list[FaultSite], np.ndarray]:
     sites = result.sites()
     keep = np.array(
         [
-            s.param in ("weight", "bias") and s.kind == "flip" and getattr(s, "nbits", 1) == 1
+            s.param in PERMANENT_PARAMS and s.kind == "flip" and getattr(s, "nbits", 1) == 1
             for s in sites
         ],
         bool,

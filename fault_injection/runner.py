@@ -59,7 +59,7 @@ log = logging.getLogger(__name__)
 
 #: Environment variable of the crash-test hook (seconds slept per row inside a chunk transaction).
 TEST_ROW_DELAY_ENV = "EDGEML_FAULTS_TEST_ROW_DELAY"
-TARGETS: tuple[str, ...] = ("weight", "bias", "act", "acc")
+TARGETS: tuple[str, ...] = ("weight", "bias", "act", "acc", "table")
 KINDS: tuple[str, ...] = ("flip", "stuck0", "stuck1")
 SDC_MODES: tuple[str, ...] = ("top1", "any")
 DEFAULT_CHUNK = 1000

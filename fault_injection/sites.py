@@ -16,6 +16,14 @@ that hits it:
   once, on its own pass.
 * ``param="acc"``: the same for the accumulator output of a Dense/Conv op
   (before requantisation, bias included), in the accumulator's golden width.
+* ``param="table"``: an entry of the ROM of a :class:`~edgeml.golden.Lookup` op
+  ``layer`` (Tanh, Sigmoid, ... as a table over every input code); ``index`` is
+  the entry (input code ``lo + index``, reported as ``<op>.table[index]``),
+  stored in the op's output type. Permanent, like a weight.
+
+The weights of a ``Dense.structural`` op (a mean's ones, the zeros outside a
+group of a grouped conv expanded to a full Conv) are wiring, not memory: they
+are no fault sites (their bias and accumulator still are).
 
 ``bit`` is the bit position in the storage word (0 = LSB, ``width - 1`` = the
 sign bit of signed storage); ``kind`` is a flip (SEU), stuck-at-0 or
@@ -40,15 +48,20 @@ from edgeml.errors import ConfigError
 
 if TYPE_CHECKING:
     from edgeml.fixed import FixedType
-    from edgeml.golden import Dense, GoldenModel
+    from edgeml.golden import Dense, GoldenModel, Lookup
 
-Param = Literal["weight", "bias", "act", "acc"]
+Param = Literal["weight", "bias", "act", "acc", "table"]
 FaultKind = Literal["flip", "stuck0", "stuck1"]
-#: Every site parameter; the position in this tuple is the code stored in result files.
-PARAMS: tuple[str, ...] = ("weight", "bias", "act", "acc")
-#: Stored parameters (permanent faults) and tensors (transient faults).
+#: Every site parameter; the position in this tuple is the code stored in result files
+#: (new parameters are appended, so older files keep their codes).
+PARAMS: tuple[str, ...] = ("weight", "bias", "act", "acc", "table")
+#: Stored parameters of Dense/Conv ops (permanent faults) and tensors (transient faults).
 STORED_PARAMS: tuple[str, ...] = ("weight", "bias")
 TENSOR_PARAMS: tuple[str, ...] = ("act", "acc")
+#: Read-only tables (Lookup ROM contents): permanent faults, like weights.
+ROM_PARAMS: tuple[str, ...] = ("table",)
+#: Every permanent (stored) fault target: what a faulty copy of the model holds.
+PERMANENT_PARAMS: tuple[str, ...] = STORED_PARAMS + ROM_PARAMS
 FAULT_KINDS: tuple[str, ...] = ("flip", "stuck0", "stuck1")
 
 
@@ -107,6 +120,11 @@ class FaultSite:
             raise ConfigError(
                 f"fault id {fault_id!r}: index, bit and nbits must be integers"
             ) from exc
+
+    @property
+    def label(self) -> str:
+        """Human-readable word name, e.g. ``fc1.weight[12] bit 5`` or ``tanh.table[200] bit 3``."""
+        return f"{self.layer}.{self.param}[{self.index}] bit {self.bit}"
 
     @property
     def transient(self) -> bool:
@@ -188,15 +206,65 @@ class MultiFault:
 def param_storage(op: Dense, param: str) -> tuple[np.ndarray, FixedType]:
     """The stored codes and storage type a fault in ``op.<param>`` hits.
 
-    Raises :class:`ConfigError` for a bias fault on an op without a bias.
+    Raises :class:`ConfigError` for a bias fault on an op without a bias and for
+    a weight fault on a structural op (its weights are wiring, not memory).
     """
     if param == "weight":
+        if getattr(op, "structural", False):
+            raise ConfigError(
+                f"layer '{op.name}' has structural weights (fixed by the graph: a mean's "
+                "ones, a grouped conv's zeros outside its groups); they are wiring, not "
+                "memory, and hold no fault sites. Its bias and accumulator ('acc') do"
+            )
         return op.weight, op.weight_type
     if param == "bias":
         if op.bias is None or op.bias_type is None:
             raise ConfigError(f"layer '{op.name}' has no bias; it cannot hold a bias fault")
         return op.bias, op.bias_type
     raise ConfigError(f"param must be one of {STORED_PARAMS} here, got {param!r}")
+
+
+def lookup_ops(g: GoldenModel) -> list[Lookup]:
+    """The design's Lookup ops (ROM tables), in graph order."""
+    from edgeml.golden import Lookup
+
+    return [op for op in g.ops if isinstance(op, Lookup)]
+
+
+def lookup_op(g: GoldenModel, layer: str) -> Lookup:
+    """The Lookup op named ``layer``; a clear error if it holds no table."""
+    for op in lookup_ops(g):
+        if op.name == layer:
+            return op
+    raise ConfigError(
+        f"a 'table' fault site names layer '{layer}', which holds no lookup table; "
+        f"the design's lookup ops are {[op.name for op in lookup_ops(g)]}"
+    )
+
+
+def table_storage(g: GoldenModel, op: Lookup) -> tuple[np.ndarray, FixedType]:
+    """The ROM codes of a Lookup op and their storage word: the op's output type.
+
+    The entries are output codes of the quantizer fused with the function, so
+    the output type holds each of them; a table that does not fit is refused.
+    """
+    t = g.tensors[op.output].type
+    codes = np.asarray(op.table)
+    if codes.size and (int(codes.min()) < t.qmin or int(codes.max()) > t.qmax):
+        raise ConfigError(
+            f"lookup '{op.name}': table codes span [{codes.min()}, {codes.max()}] but its "
+            f"output type {t.hls()} holds [{t.qmin}, {t.qmax}]; the ROM word is undefined"
+        )
+    return codes, t
+
+
+def stored_words(g: GoldenModel, layer: str, param: str) -> tuple[np.ndarray, FixedType]:
+    """The stored codes and word type a permanent site ``layer.param`` hits (weight, bias, table)."""
+    if param in STORED_PARAMS:
+        return param_storage(param_op(g, layer), param)
+    if param in ROM_PARAMS:
+        return table_storage(g, lookup_op(g, layer))
+    raise ConfigError(f"param must be one of {PERMANENT_PARAMS} here, got {param!r}")
 
 
 def site_tensor(g: GoldenModel, layer: str, param: str) -> str:
@@ -233,9 +301,8 @@ def site_tensor(g: GoldenModel, layer: str, param: str) -> str:
 
 def site_word(g: GoldenModel, site: FaultSite) -> tuple[int, FixedType]:
     """(number of words per sample or parameter array, storage type) that ``site`` hits."""
-    if site.param in STORED_PARAMS:
-        op = param_op(g, site.layer)
-        codes, ftype = param_storage(op, site.param)
+    if site.param in PERMANENT_PARAMS:
+        codes, ftype = stored_words(g, site.layer, site.param)
         return int(codes.size), ftype
     t = g.tensors[site_tensor(g, site.layer, site.param)]
     return int(np.prod(t.shape, dtype=np.int64)), t.type
@@ -275,12 +342,13 @@ def activation_layers(g: GoldenModel) -> list[str]:
     """Ops whose output the hardware *stores* between layers: the default ``act`` sites.
 
     That is every op that is not Dense/Conv (accumulators are ``acc`` sites),
-    not a pure layout op (Reshape/Transpose move values without storing new
-    ones), and whose output is not only fed to further elementwise ops (a
-    ReLU followed by its requantiser is one stored activation: the
-    requantiser's output).
+    not a pure layout op (Reshape/Transpose/Gather move values without storing
+    new ones: a Slice, Concat or Pad reads registers that are already sites),
+    and whose output is not only fed to further elementwise ops (a ReLU
+    followed by its requantiser is one stored activation: the requantiser's
+    output). Lookup, Sub/Mul/MatMul-of-tensors outputs are stored like an add's.
     """
-    from edgeml.golden import Affine, Bipolar, Dense, Relu, Requant, Reshape, Transpose
+    from edgeml.golden import Affine, Bipolar, Dense, Gather, Relu, Requant, Reshape, Transpose
 
     elementwise = (Relu, Requant, Affine, Bipolar)
     consumers: dict[str, list[Any]] = {}
@@ -289,7 +357,7 @@ def activation_layers(g: GoldenModel) -> list[str]:
             consumers.setdefault(i, []).append(op)
     names = []
     for op in g.ops:
-        if isinstance(op, (Dense, Reshape, Transpose)):
+        if isinstance(op, (Dense, Reshape, Transpose, Gather)):
             continue
         users = consumers.get(op.output, [])
         if (
@@ -315,9 +383,13 @@ def _site_layers(
     from edgeml.golden import Dense
 
     order = {g.input_name: -1} | {op.name: k for k, op in enumerate(g.ops)}
-    if param in STORED_PARAMS:
+    if param == "weight":
+        allowed = cand = [op.name for op in g.param_ops if not op.structural]
+    elif param == "bias":
         allowed = [op.name for op in g.param_ops]
-        cand = [op.name for op in g.param_ops if param == "weight" or op.bias is not None]
+        cand = [op.name for op in g.param_ops if op.bias is not None]
+    elif param in ROM_PARAMS:
+        allowed = cand = [op.name for op in lookup_ops(g)]
     elif param == "acc":
         allowed = cand = [op.name for op in g.param_ops]
     else:
@@ -337,16 +409,18 @@ def _site_layers(
 
 def enumerate_sites(
     g: GoldenModel,
-    params: tuple[str, ...] | list[str] = STORED_PARAMS,
+    params: tuple[str, ...] | list[str] = PERMANENT_PARAMS,
     kind: FaultKind = "flip",
     nbits: int = 1,
     layers: Iterable[str] | None = None,
 ) -> list[FaultSite]:
     """Every site of the given kind over the words of ``params``, in a fixed order.
 
-    Order: layer in graph order (the input tensor first), then parameter in
-    the order given, then flat index, then the lowest bit hit, from LSB up;
-    ``enumerate_sites(g)`` equals :func:`enumerate_param_sites`. With
+    Default: every stored bit (weights, biases, lookup tables; structural
+    weights are wiring and excluded). Order: layer in graph order (the input
+    tensor first), then parameter in the order given, then flat index, then
+    the lowest bit hit, from LSB up; ``enumerate_sites(g)`` equals
+    :func:`enumerate_param_sites`. With
     ``nbits > 1`` every run of ``nbits`` adjacent bits that fits the word is
     one site. ``layers`` restricts the sites to the named ops (for ``act``:
     any non-Dense op or the input tensor; default :func:`activation_layers`).
@@ -384,33 +458,39 @@ def enumerate_sites(
 def enumerate_param_sites(
     g: GoldenModel,
     *,
-    params: tuple[str, ...] = STORED_PARAMS,
+    params: tuple[str, ...] = PERMANENT_PARAMS,
     kind: FaultKind = "flip",
     layers: list[str] | None = None,
 ) -> list[FaultSite]:
-    """Every bit of every weight (and bias) code of ``g``'s Dense/Conv ops, in graph order.
+    """Every bit of every stored code of ``g``: weights and biases of its Dense/Conv ops
+    (structural weights excluded) and entries of its lookup tables, in graph order.
 
     Order: layer, then parameter (weight before bias), then flat index, then
     bit from LSB (0) to MSB (width - 1, the sign bit of signed storage).
     ``layers`` restricts the campaign to the named ops.
     """
     _check_kind(kind, 1)
-    bad = [p for p in params if p not in STORED_PARAMS]
+    bad = [p for p in params if p not in PERMANENT_PARAMS]
     if bad:
-        raise ConfigError(f"params must be drawn from {STORED_PARAMS}, got {bad}")
-    ops = g.param_ops
+        raise ConfigError(f"params must be drawn from {PERMANENT_PARAMS}, got {bad}")
+    from edgeml.golden import Dense, Lookup
+
+    ops: list[Any] = [op for op in g.ops if isinstance(op, Dense | Lookup)]
     names = [op.name for op in ops]
     if layers is not None:
         unknown = [n for n in layers if n not in names]
         if unknown:
-            raise ConfigError(f"unknown layer(s) {unknown}; the design's weight layers are {names}")
+            raise ConfigError(
+                f"unknown layer(s) {unknown}; the design's weight layers are {names} "
+                "(Dense/Conv ops and lookup tables)"
+            )
         ops = [op for op in ops if op.name in layers]
     sites: list[FaultSite] = []
     for op in ops:
-        for param in STORED_PARAMS:
-            if param not in params or (param == "bias" and op.bias is None):
+        for param in PERMANENT_PARAMS:
+            if param not in params or not _holds(op, param):
                 continue
-            codes, ftype = param_storage(op, param)
+            codes, ftype = stored_words(g, op.name, param)
             sites.extend(
                 FaultSite(op.name, param, i, b, kind)  # type: ignore[arg-type]
                 for i in range(codes.size)
@@ -419,11 +499,27 @@ def enumerate_param_sites(
     return sites
 
 
+def _holds(op: Any, param: str) -> bool:
+    """True if ``op`` has fault sites of the permanent ``param``."""
+    from edgeml.golden import Dense, Lookup
+
+    if param == "weight":
+        return isinstance(op, Dense) and not op.structural
+    if param == "bias":
+        return isinstance(op, Dense) and op.bias is not None and op.bias_type is not None
+    return param in ROM_PARAMS and isinstance(op, Lookup)
+
+
 def count_param_sites(g: GoldenModel) -> int:
-    """Number of single-bit sites over all weights and biases: sum(size * storage width)."""
+    """Number of single-bit sites over all stored words: weights (structural ones excluded),
+    biases and lookup tables, sum(size * storage width)."""
     n = 0
     for op in g.param_ops:
-        n += op.weight.size * op.weight_type.width
+        if not op.structural:
+            n += op.weight.size * op.weight_type.width
         if op.bias is not None and op.bias_type is not None:
             n += op.bias.size * op.bias_type.width
+    for op in lookup_ops(g):
+        codes, ftype = table_storage(g, op)
+        n += codes.size * ftype.width
     return n

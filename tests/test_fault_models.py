@@ -432,7 +432,7 @@ def test_fault_site_fields_are_checked_by_name() -> None:
     assert FaultSite("x", "act", np.int64(3), np.int16(2)) == FaultSite("x", "act", 3, 2)
     assert hash(FaultSite("x", "act", np.int64(3), 2)) == hash(FaultSite("x", "act", 3, 2))
     cases = [
-        (("x", "gamma", 0, 0), r"param must be one of \('weight', 'bias', 'act', 'acc'\)"),
+        (("x", "gamma", 0, 0), r"param must be one of \('weight', 'bias', 'act', 'acc', 'table'\)"),
         (("x", "weight", 0, 0, "stuck"), r"kind must be one of \('flip', 'stuck0', 'stuck1'\)"),
         (("x", "weight", -1, 0), "index must be >= 0"),
         (("x", "weight", 0, -2), "bit must be >= 0"),
