@@ -183,6 +183,8 @@ def _tensor_values(t: onnx.TensorProto, what: str, where: str) -> np.ndarray:
     """Decode a TensorProto after checking its shape; undecodable data is a clear error."""
     from onnx import numpy_helper
 
+    if list(t.dims) == [0]:  # an empty 1-D tensor: ONNX's "no value" (e.g. Resize's roi)
+        return np.zeros(0)
     _check_dims(list(t.dims), what, where)
     if t.data_location == onnx.TensorProto.EXTERNAL:
         return np.zeros(0)  # external data was loaded by onnx.load, or is checked by onnx

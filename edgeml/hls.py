@@ -214,6 +214,106 @@ def _check_supported_ops(model: Any) -> None:
         )
 
 
+#: ONNX activations hls4ml 1.3 computes with its own tables or approximations (not the
+#: QONNX function followed by its Quant): C-sim differs from QONNX (Tanh 96/100 and
+#: Sigmoid 17/100 vectors on the probes in DESIGN.md). The golden model's exact table
+#: (a ``UnaryLUT``) is the route for them.
+INEXACT_ACTIVATIONS: tuple[str, ...] = (
+    "Tanh",
+    "Sigmoid",
+    "HardSigmoid",
+    "HardSwish",
+    "Softplus",
+    "Softsign",
+    "Elu",
+    "Selu",
+    "Celu",
+    "Gelu",
+    "Erf",
+    "Exp",
+    "Log",
+    "ThresholdedRelu",
+)
+
+
+def qonnx_route_hazards(model: Any) -> list[str]:
+    """Nodes hls4ml 1.3's QONNX front end converts wrongly *without an error*, one reason each.
+
+    Checked on the cleaned QONNX graph before conversion, so that such a graph
+    goes straight to the golden-IR route (:func:`edgeml.hls_ir.convert_for_golden`)
+    instead of producing a project whose C-sim is wrong on most vectors:
+
+    * table activations (:data:`INEXACT_ACTIVATIONS`): hls4ml's tables are not the
+      QONNX function;
+    * a ``MatMul`` whose two operands both depend on the graph input (attention's
+      Q @ K^T): hls4ml drops it, nothing computes its output in the C++;
+    * ``Resize`` with torch's empty ``roi`` input, a ``sizes`` input, or other than
+      nearest / asymmetric / floor (``nnet::resize_nearest``'s only semantics).
+
+    ``model`` is a QONNX ``ModelWrapper``, an ``onnx.ModelProto`` or a path.
+    """
+    import onnx
+
+    if isinstance(model, (str, Path)):
+        model = onnx.load(str(model))
+    graph = model.graph if hasattr(model, "graph") else model.model.graph
+    inits = {i.name for i in graph.initializer}
+    live = {i.name for i in graph.input if i.name not in inits}  # tensors computed from the input
+    for node in graph.node:
+        if any(i in live for i in node.input if i):
+            live.update(o for o in node.output if o)
+    shapes = {
+        v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+        for v in (*graph.input, *graph.value_info, *graph.output)
+    }
+    # hls4ml's own test for the layout (converters/onnx/reshape.py)
+    last = any(n.domain == "qonnx.custom_op.channels_last" for n in graph.node)
+    reasons: list[str] = []
+    for node in graph.node:
+        label = f"{node.name or node.output[0]} ({node.op_type})"
+        if node.op_type in INEXACT_ACTIVATIONS:
+            reasons.append(
+                f"{label}: hls4ml computes {node.op_type} with its own table / approximation, "
+                "not the QONNX function (the golden-IR route uses the exact table)"
+            )
+        elif (
+            node.op_type == "MatMul" and len(node.input) == 2 and all(i in live for i in node.input)
+        ):
+            reasons.append(
+                f"{label}: a MatMul of two activations, which hls4ml drops (nothing computes "
+                "its output in the generated C++)"
+            )
+        elif node.op_type == "Resize":
+            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+            dec = {k: v.decode() if isinstance(v, bytes) else v for k, v in attrs.items()}
+            inputs = list(node.input)
+            if len(inputs) >= 2 and not inputs[1]:
+                reasons.append(
+                    f"{label}: an empty roi input (torch's export), which hls4ml rejects"
+                )
+            elif len(inputs) >= 4 and inputs[3]:
+                reasons.append(f"{label}: a sizes input, which hls4ml does not support")
+            mode = (
+                dec.get("mode", "nearest"),
+                dec.get("coordinate_transformation_mode", "half_pixel"),
+                dec.get("nearest_mode", "round_prefer_floor"),
+            )
+            shape = shapes.get(inputs[0]) if inputs else None
+            hw = (shape[1:3] if last else shape[2:4]) if shape and len(shape) == 4 else None
+            if hw and hw[0] != hw[1]:
+                reasons.append(
+                    f"{label}: a non-square input {shape}; hls4ml's ONNX Resize handler "
+                    "swaps height and width (in_height = shape[2], in_width = shape[1])"
+                )
+            if mode != ("nearest", "asymmetric", "floor"):
+                reasons.append(
+                    f"{label}: mode / coordinate_transformation_mode / nearest_mode {mode}, "
+                    "but hls4ml's resize_nearest computes (nearest, asymmetric, floor) whatever "
+                    "the attributes say"
+                )
+    return reasons
+
+
 def _is_quantizer_type(precision: Any) -> bool:
     """True when a result type rounds or saturates (i.e. it is a QONNX Quant's type, not an accumulator)."""
     from hls4ml.model.types import FixedPrecisionType, RoundingMode, SaturationMode

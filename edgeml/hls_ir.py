@@ -36,6 +36,23 @@ Sign                  ``ApplyAlpha`` (the code) + ``Activation`` ternary_tanh
 LeakyRelu             ``LeakyReLU`` with the dyadic alpha ``neg_mult / pos_mult``
 Softmax               ``Softmax`` (stable) with the golden op's tables and types
                       (:func:`edgeml.softmax.configure_hls_softmax`)
+Lookup                ``UnaryLUT``: the golden table reordered to the raw-bit
+                      order ``nnet::unary_lut`` indexes by (codes 0..qmax, then
+                      the negatives), ``table_t`` = the output type
+SubTensors            ``Merge`` subtract (binary points checked aligned)
+MulTensors            ``Merge`` multiply (output LSB = product of the LSBs)
+MatMulTensors         ``Einsum`` (``[b]ij,[b]jk->[b]ik``, full-precision
+                      products, worst-case ``accum_t``); broadcasting refused
+Gather                hls4ml's own layer where its index map is one:
+                      Reshape, ``Concatenate`` (2 inputs, one axis),
+                      ``ZeroPadding1D/2D``, ``Cropping1D/2D``, ``Resize``
+                      nearest (also channels first, between two Transposes);
+                      any other map (Split, Tile, broadcast, several inputs,
+                      zero insertion) is Reshape to flat (+ Concatenate) + a
+                      ``Dense`` of 0/1 weights (one product per output) + Reshape
+Dense on (T, F)       ``Dense`` on the multi-dim input: hls4ml makes it a
+                      pointwise Conv1D / Conv2D (per token); rank > 3 folded
+Conv with H == 1      ``Conv2D`` of height 1 (Conv1d, causal FIR), exact as is
 ====================  =====================================================
 
 A clamp no overflow mode expresses (a ``Clip`` to [0, 96], say) is computed as
@@ -63,11 +80,16 @@ from edgeml.golden import (
     Bipolar,
     Conv,
     Dense,
+    Gather,
     GoldenModel,
+    Lookup,
+    MatMulTensors,
     MaxPool,
+    MulTensors,
     Relu,
     Requant,
     Reshape,
+    SubTensors,
     Transpose,
 )
 from edgeml.hls import (
@@ -109,6 +131,11 @@ SUPPORTED_IR_OPS: tuple[str, ...] = (
     "Sign",
     "LeakyRelu",
     "Softmax",
+    "Lookup",
+    "SubTensors",
+    "MulTensors",
+    "MatMulTensors",
+    "Gather",
 )
 
 
@@ -189,6 +216,54 @@ def _saturation(op: Requant, xt: FixedType, to: FixedType) -> tuple[str | None, 
     return None, (vlo, vhi)
 
 
+def _match_spatial(
+    shape: tuple[int, ...], out_shape: tuple[int, ...], index: np.ndarray
+) -> tuple[str, tuple[int, int, int], tuple[int, int], dict[str, Any]] | None:
+    """The hls4ml channels-last layer whose index map is ``index`` (rank 2 (W, C) or 3 (H, W, C)).
+
+    Returns ``(class_name, (h, w, c), (oh, ow), attributes)`` for ZeroPadding1D/2D,
+    Cropping1D/2D or Resize (nearest, as ``nnet::resize_nearest`` indexes), or None.
+    """
+    if len(shape) not in (2, 3) or len(out_shape) != len(shape) or shape[-1] != out_shape[-1]:
+        return None
+    one_d = len(shape) == 2
+    (h, w), (oh, ow) = (
+        (shape[-3:-1] if not one_d else (1, shape[0])),
+        (out_shape[-3:-1] if not one_d else (1, out_shape[0])),
+    )
+    c = shape[-1]
+    grid = np.arange(h * w * c).reshape(h, w, c)
+    if index.size != oh * ow * c:
+        return None
+    if oh >= h and ow >= w and index.min() < 0 and (index >= 0).any():
+        first = int(np.argmax(index >= 0))
+        top, left = first // (ow * c), (first // c) % ow
+        if top + h <= oh and left + w <= ow:
+            want = np.full((oh, ow, c), -1, np.int64)
+            want[top : top + h, left : left + w] = grid
+            if np.array_equal(want.reshape(-1), index):
+                pads = {"pad_left": left, "pad_right": ow - w - left}
+                if not one_d:
+                    pads.update(pad_top=top, pad_bottom=oh - h - top)
+                cls = "ZeroPadding1D" if one_d else "ZeroPadding2D"
+                return cls, (h, w, c), (oh, ow), pads
+    if oh <= h and ow <= w and index.min() >= 0:
+        top, left = int(index[0]) // (w * c), (int(index[0]) // c) % w
+        want = grid[top : top + oh, left : left + ow]
+        if want.shape == (oh, ow, c) and np.array_equal(want.reshape(-1), index):
+            crops = {"crop_left": left, "crop_right": w - ow - left}
+            if not one_d:
+                crops.update(crop_top=top, crop_bottom=h - oh - top)
+            return ("Cropping1D" if one_d else "Cropping2D"), (h, w, c), (oh, ow), crops
+    if oh >= h and ow >= w and index.min() >= 0 and (oh, ow) != (h, w):
+        # nnet::resize_nearest: source = (dst * ((in << 16) / out + 1)) >> 16
+        ry, rx = ((h << 16) // oh) + 1, ((w << 16) // ow) + 1
+        ys, xs = (np.arange(oh) * ry) >> 16, (np.arange(ow) * rx) >> 16
+        if np.array_equal(grid[ys][:, xs].reshape(-1), index):
+            return "Resize", (h, w, c), (oh, ow), {"algorithm": "nearest", "align_corners": False}
+    return None
+
+
 class _Builder:
     """Walks the golden ops and emits hls4ml layer dicts plus per-layer precision config."""
 
@@ -198,6 +273,10 @@ class _Builder:
         self.precision: dict[str, dict[str, str]] = {}
         self.used: set[str] = set()
         self.layer_of: dict[str, str] = {}  # golden tensor -> hls4ml layer computing it
+        #: per-layer config keys outside ``Precision`` (UnaryLUT's ``table_t``)
+        self.extra: dict[str, dict[str, str]] = {}
+        #: how each Gather was mapped (op name -> hls4ml layer kind), for the record
+        self.gather_kinds: dict[str, str] = {}
 
     def t(self, name: str) -> FixedType:
         return self.g.tensors[name].type
@@ -278,13 +357,24 @@ class _Builder:
 
     # -- ops
     def _op_Dense(self, op: Dense) -> None:
+        # a (tokens, features) or (H, W, features) input: hls4ml's Dense acts per
+        # position over the last axis (ReplaceMultidimensionalDenseWithConv makes it a
+        # pointwise Conv1D / Conv2D), as golden's ``x @ W``; deeper inputs are folded to 2-D
         w, fw, b, fb, accum, result = self._dense_types(op)
+        src_shape = tuple(self.g.tensors[op.inputs[0]].shape)
+        out_shape = tuple(self.g.tensors[op.output].shape)
+        src = self.layer_of[op.inputs[0]]
+        if len(src_shape) > 3:
+            src = self._reshape(
+                op.name + "_tokens", src, [int(np.prod(src_shape[:-1])), int(src_shape[-1])],
+                _ap(self.t(op.inputs[0])),
+            )  # fmt: skip
         name = _layer_name(op.name, self.used)
         self.emit(
             {
                 "class_name": "Dense",
                 "name": name,
-                "inputs": [self.layer_of[op.inputs[0]]],
+                "inputs": [src],
                 "n_in": int(w.shape[0]),
                 "n_out": int(w.shape[1]),
                 "weight_data": _value(w, fw),
@@ -298,7 +388,21 @@ class _Builder:
                 "result": result,
             },
         )
+        if len(src_shape) > 3:
+            name = self._reshape(op.name + "_shape", name, list(out_shape), result)
         self.layer_of[op.output] = name
+
+    def _reshape(self, label: str, src: str, shape: list[int], result: str) -> str:
+        """A ``Reshape`` layer (a no-op hls4ml drops in io_parallel; row-major order kept)."""
+        return self.emit(
+            {
+                "class_name": "Reshape",
+                "name": _layer_name(label, self.used),
+                "inputs": [src],
+                "target_shape": [int(d) for d in shape],
+            },
+            {"result": result},
+        )
 
     def _op_Conv(self, op: Conv) -> None:
         w, fw, b, fb, accum, result = self._dense_types(op)
@@ -656,6 +760,326 @@ class _Builder:
         )
         self.layer_of[op.output] = name
 
+    # -- issue 10's ops: tables, gates, attention products, data movement
+    def _op_Lookup(self, op: Lookup) -> None:
+        # hls4ml's unary_lut indexes the table by the input's raw bits,
+        # ``(unsigned) x(W-1, 0)``: codes 0 .. qmax, then the negative codes
+        src, out = op.inputs[0], op.output
+        xt, to = self.t(src), self.t(out)
+        table = np.asarray(op.table, np.int64).reshape(-1)
+        n = 1 << xt.width
+        if int(op.lo) != xt.qmin or table.size != n:
+            raise UnsupportedOpError(
+                f"golden op {op.label}: its table has {table.size} entries from code {op.lo}, "
+                f"but hls4ml's UnaryLUT needs one per code of the input type {xt.hls()} "
+                f"({n} from {xt.qmin})"
+            )
+        raw = np.arange(n, dtype=np.int64)
+        codes = np.where(raw > xt.qmax, raw - n, raw)
+        hls_table = table[codes - xt.qmin]
+        name = _layer_name(op.name, self.used)
+        self.emit(
+            {
+                "class_name": "UnaryLUT",
+                "activation": "unary_lut",
+                "name": name,
+                "inputs": [self.layer_of[src]],
+                "n_in": int(np.prod(self.g.tensors[out].shape)),
+                "table_data": _value(hls_table, to.frac),
+            },
+            {"result": _ap(to), "table": _ap(to)},
+        )
+        self.extra[name] = {"table_t": _ap(to)}
+        self.layer_of[out] = name
+
+    def _check_frac(self, op: Any, want: int, what: str) -> None:
+        fo = self.t(op.output).frac
+        if fo != want:
+            raise UnsupportedOpError(
+                f"golden op {op.label}: output binary point 2**-{fo} is not {what} (2**-{want}); "
+                "hls4ml's layer computes on real values, so the codes would differ"
+            )
+
+    def _merge(self, op: Any, kind: str) -> None:
+        shapes = {tuple(self.g.tensors[i].shape) for i in op.inputs}
+        if len(shapes) != 1:
+            raise UnsupportedOpError(
+                f"golden op {op.label}: inputs of shapes {sorted(shapes)}; hls4ml's Merge "
+                f"{kind} needs equal shapes (make the broadcast an explicit Gather)"
+            )
+        name = _layer_name(op.name, self.used)
+        self.emit(
+            {
+                "class_name": "Merge",
+                "op": kind,
+                "name": name,
+                "inputs": [self.layer_of[i] for i in op.inputs],
+            },
+            {"result": _ap(self.t(op.output))},
+        )
+        self.layer_of[op.output] = name
+
+    def _op_SubTensors(self, op: SubTensors) -> None:
+        a, b = op.inputs
+        self._check_frac(op, self.t(a).frac + op.shift_a, "the first input's, aligned")
+        self._check_frac(op, self.t(b).frac + op.shift_b, "the second input's, aligned")
+        self._merge(op, "subtract")
+
+    def _op_MulTensors(self, op: MulTensors) -> None:
+        a, b = op.inputs
+        self._check_frac(op, self.t(a).frac + self.t(b).frac, "the sum of the inputs'")
+        self._merge(op, "multiply")
+
+    def _op_MatMulTensors(self, op: MatMulTensors) -> None:
+        # hls4ml's Einsum layer (nnet_einsum.h): full-precision products summed in accum_t
+        a, b = op.inputs
+        at, bt, to = self.t(a), self.t(b), self.t(op.output)
+        sa, sb = tuple(self.g.tensors[a].shape), tuple(self.g.tensors[b].shape)
+        so = tuple(self.g.tensors[op.output].shape)
+        if len(sa) < 2 or len(sa) != len(sb) or sa[:-2] != sb[:-2] or len(sa) > 6:
+            raise UnsupportedOpError(
+                f"golden op {op.label}: operands {sa} @ {sb}; hls4ml's Einsum route takes "
+                "two operands of equal rank (2..6) with equal batch axes (no broadcasting)"
+            )
+        self._check_frac(op, at.frac + bt.frac, "the sum of the operands'")
+        batch = "abcd"[: len(sa) - 2]
+        equation = f"{batch}ij,{batch}jk->{batch}ik"
+        amax = max(abs(at.qmin), abs(at.qmax))
+        bmax = max(abs(bt.qmin), abs(bt.qmax))
+        bound = int(sa[-1]) * amax * bmax
+        accum = FixedType(True, max(_signed_width(bound), to.width + 1), to.frac)
+        name = _layer_name(op.name, self.used)
+        self.emit(
+            {
+                "class_name": "Einsum",
+                "name": name,
+                "inputs": [self.layer_of[a], self.layer_of[b]],
+                "equation": equation,
+                "inp0_shape": tuple(int(d) for d in sa),
+                "inp1_shape": tuple(int(d) for d in sb),
+                "out_shape": tuple(int(d) for d in so),
+            },
+            {"result": _ap(to), "accum": _ap(accum)},
+        )
+        self.layer_of[op.output] = name
+
+    def _op_Gather(self, op: Gather) -> None:
+        """hls4ml's own layer where the index map is one of its layers' maps; else 0/1 Dense."""
+        index = np.asarray(op.index, np.int64).reshape(-1)
+        out_shape = tuple(int(d) for d in self.g.tensors[op.output].shape)
+        if index.size != int(np.prod(out_shape)):
+            raise UnsupportedOpError(
+                f"golden op {op.label}: {index.size} indices for an output of shape {out_shape}"
+            )
+        shifts = tuple(int(v) for v in op.shifts) or (0,) * len(op.inputs)
+        if len(shifts) != len(op.inputs):
+            raise UnsupportedOpError(
+                f"golden op {op.label}: {len(shifts)} shifts for {len(op.inputs)} inputs"
+            )
+        to = self.t(op.output)
+        same = all(s == 0 and self.t(i) == to for i, s in zip(op.inputs, shifts, strict=True))
+        aligned = all(self.t(i).frac + s == to.frac for i, s in zip(op.inputs, shifts, strict=True))
+        native = None
+        if same:
+            native = self._gather_native(op, index, out_shape)
+        elif aligned and len(op.inputs) == 2:
+            native = self._gather_concat(op, index, out_shape)
+        if native is not None:
+            kind, layer = native
+        else:
+            kind, layer = "Dense", self._gather_dense(op, index, out_shape, shifts)
+        self.gather_kinds[op.name] = kind
+        self.layer_of[op.output] = layer
+
+    def _gather_native(
+        self, op: Gather, index: np.ndarray, out_shape: tuple[int, ...]
+    ) -> tuple[str, str] | None:
+        """Identity / Reshape, Concatenate, ZeroPadding, Cropping or Resize when one matches.
+
+        A rank-3 map that matches only channels-first (a Resize / Pad / Slice left
+        between the NCHW Transposes of a cleaned QONNX graph) is wrapped in two
+        ``Transpose`` layers (wiring) around the channels-last layer.
+        """
+        to = self.t(op.output)
+        if len(op.inputs) == 2:
+            return self._gather_concat(op, index, out_shape)
+        if len(op.inputs) != 1:
+            return None
+        src = op.inputs[0]
+        shape = tuple(int(d) for d in self.g.tensors[src].shape)
+        n = int(np.prod(shape))
+        if index.size == n and np.array_equal(index, np.arange(n)):
+            if shape == out_shape:
+                return "Identity", self.layer_of[src]
+            return "Reshape", self._reshape(op.name, self.layer_of[src], list(out_shape), _ap(to))
+        if len(shape) not in (2, 3) or len(out_shape) != len(shape):
+            return None
+        found = _match_spatial(shape, out_shape, index)
+        if found is not None:
+            cls, hwc, ohw, attrs = found
+            return cls, self._spatial(op.name, self.layer_of[src], cls, hwc, ohw, attrs, _ap(to))
+        if len(shape) != 3 or shape[0] != out_shape[0]:
+            return None
+        # channels first: (C, H, W) -> (H, W, C); the map in transposed coordinates
+        c, h, w = shape
+        pos = np.arange(n).reshape(shape).transpose(1, 2, 0).reshape(-1)  # (h,w,c) -> flat chw
+        where = np.empty(n, np.int64)
+        where[pos] = np.arange(n)  # flat chw -> flat hwc
+        idx_t = index.reshape(out_shape).transpose(1, 2, 0).reshape(-1)
+        idx_t = np.where(idx_t >= 0, where[np.maximum(idx_t, 0)], -1)
+        hwc_out = (out_shape[1], out_shape[2], c)
+        found = _match_spatial((h, w, c), hwc_out, idx_t)
+        if found is None:
+            return None
+        cls, hwc, ohw, attrs = found
+        xt = _ap(self.t(src))
+        cur = self._transpose(op.name + "_cl", self.layer_of[src], [1, 2, 0], xt)
+        cur = self._spatial(op.name + "_" + cls, cur, cls, hwc, ohw, attrs, _ap(to))
+        return cls + " (channels first)", self._transpose(op.name, cur, [2, 0, 1], _ap(to))
+
+    def _transpose(self, label: str, src: str, perm: list[int], result: str) -> str:
+        return self.emit(
+            {
+                "class_name": "Transpose",
+                "name": _layer_name(label, self.used),
+                "inputs": [src],
+                "perm": perm,
+            },
+            {"result": result},
+        )
+
+    def _spatial(
+        self,
+        label: str,
+        src: str,
+        cls: str,
+        in_hwc: tuple[int, int, int],
+        out_hw: tuple[int, int],
+        attrs: dict[str, Any],
+        result: str,
+    ) -> str:
+        h, w, c = in_hwc
+        layer = {
+            "class_name": cls,
+            "name": _layer_name(label, self.used),
+            "inputs": [src],
+            "data_format": "channels_last",
+            "in_height": int(h),
+            "in_width": int(w),
+            "out_height": int(out_hw[0]),
+            "out_width": int(out_hw[1]),
+            "n_chan": int(c),
+            **{
+                k: int(v) if isinstance(v, (int, np.integer)) and not isinstance(v, bool) else v
+                for k, v in attrs.items()
+            },
+        }
+        return self.emit(layer, {"result": result})
+
+    def _gather_concat(
+        self, op: Gather, index: np.ndarray, out_shape: tuple[int, ...]
+    ) -> tuple[str, str] | None:
+        """``Concatenate`` (rank 1-3) when the map is the concatenation along one axis."""
+        if len(op.inputs) != 2:
+            return None
+        s0, s1 = (tuple(int(d) for d in self.g.tensors[i].shape) for i in op.inputs)
+        if len(s0) != len(s1) or not 1 <= len(s0) <= 3 or len(out_shape) != len(s0):
+            return None
+        n0, n1 = int(np.prod(s0)), int(np.prod(s1))
+        for axis in range(len(s0)):
+            if any(a != b for k, (a, b) in enumerate(zip(s0, s1, strict=True)) if k != axis):
+                continue
+            want = np.concatenate(
+                [np.arange(n0).reshape(s0), (n0 + np.arange(n1)).reshape(s1)], axis=axis
+            )
+            if want.shape == out_shape and np.array_equal(want.reshape(-1), index):
+                name = self.emit(
+                    {
+                        "class_name": "Concatenate",
+                        "op": f"concatenate{len(s0)}d",
+                        "name": _layer_name(op.name, self.used),
+                        "inputs": [self.layer_of[i] for i in op.inputs],
+                        "axis": axis + 1,
+                    },
+                    {"result": _ap(self.t(op.output))},
+                )
+                return "Concatenate", name
+        return None
+
+    def _gather_dense(
+        self, op: Gather, index: np.ndarray, out_shape: tuple[int, ...], shifts: tuple[int, ...]
+    ) -> str:
+        """Any index map: flatten (and concatenate) the inputs, a Dense of 0/1 weights, reshape.
+
+        Each output is one product ``x * 1`` (or nothing: a padding zero), so the
+        accumulator only needs the input's range at the output's binary point.
+        """
+        to = self.t(op.output)
+        fo = to.frac
+        parts: list[str] = []
+        lo = hi = 0
+        for k, (src, s) in enumerate(zip(op.inputs, shifts, strict=True)):
+            xt = self.t(src)
+            shape = tuple(self.g.tensors[src].shape)
+            cur = self.layer_of[src]
+            if len(shape) != 1:
+                n = int(np.prod(shape))
+                cur = self._reshape(f"{op.name}_flat{k}", cur, [n], _ap(xt))
+            parts.append(cur)
+            lo, hi = min(lo, xt.qmin << s), max(hi, xt.qmax << s)
+        if len(parts) == 1:
+            xt, s = self.t(op.inputs[0]), shifts[0]
+            fw = fo - xt.frac - s  # weight 2**(fx + s - fo): golden's ``code << s`` in real terms
+            cat = parts[0]
+        else:
+            if any(self.t(i).frac + s != fo for i, s in zip(op.inputs, shifts, strict=True)):
+                raise UnsupportedOpError(
+                    f"golden op {op.label}: input shifts {shifts} do not align the inputs' binary "
+                    f"points with the output's (2**-{fo}); hls4ml concatenates real values"
+                )
+            union = _ap(type_for_range(lo, hi, fo))
+            cat = parts[0]
+            for k, nxt in enumerate(parts[1:], 1):
+                cat = self.emit(
+                    {
+                        "class_name": "Concatenate",
+                        "op": "concatenate1d",
+                        "name": _layer_name(f"{op.name}_cat{k}", self.used),
+                        "inputs": [cat, nxt],
+                        "axis": 1,
+                    },
+                    {"result": union},
+                )
+            fw = 0
+        n_in = sum(int(np.prod(self.g.tensors[i].shape)) for i in op.inputs)
+        n_out = int(index.size)
+        w = np.zeros((n_in, n_out), np.int64)
+        keep = index >= 0
+        w[index[keep], np.nonzero(keep)[0]] = 1
+        acc = type_for_range(min(lo, -1), max(hi, 1), fo)
+        accum = FixedType(True, max(acc.width + (0 if acc.signed else 1), to.width + 1), fo)
+        name = self.emit(
+            {
+                "class_name": "Dense",
+                "name": _layer_name(op.name, self.used),
+                "inputs": [cat],
+                "n_in": n_in,
+                "n_out": n_out,
+                "weight_data": _value(w, fw),
+                "bias_data": np.zeros(n_out),
+                "use_bias": True,
+            },
+            {
+                "weight": _ap(_const_type(w, fw)),
+                "bias": _ap(FixedType(False, 2, fo)),
+                "accum": _ap(accum),
+                "result": _ap(to),
+            },
+        )
+        if len(out_shape) != 1:
+            name = self._reshape(op.name + "_shape", name, list(out_shape), _ap(to))
+        return name
+
 
 def hls_layer_list(
     g: GoldenModel,
@@ -710,7 +1134,9 @@ def convert_hls_from_golden(
                 f"the golden model's {label} {t.hls()} is wider than {MAX_EXACT_DOUBLE_BITS} bits; "
                 "C-sim values pass through double and would round."
             )
-    layers, precisions, in_layer, out_layer = hls_layer_list(g)
+    builder = _Builder(g)
+    layers, in_layer, out_layer = builder.build()
+    precisions = builder.precision
     require_gxx()
     prepare_project_dir(project_dir)
     with quiet_hls4ml("import"):
@@ -732,7 +1158,8 @@ def convert_hls_from_golden(
             "Strategy": "Latency",
         },
         "LayerName": {
-            k: {"Precision": dict(v), "ReuseFactor": reuse_factor} for k, v in precisions.items()
+            k: {"Precision": dict(v), "ReuseFactor": reuse_factor, **builder.extra.get(k, {})}
+            for k, v in precisions.items()
         },
     }
     try:
@@ -773,6 +1200,7 @@ def convert_hls_from_golden(
             "clock_period": clock_period,
             "reuse_factor": reuse_factor,
             "layer_types": {},
+            "gather_layers": dict(builder.gather_kinds),
         },
     )
 
@@ -836,9 +1264,13 @@ def convert_for_golden(
     """The hls4ml project for a golden model: the QONNX route if it is exact, else the golden-IR route.
 
     hls4ml's QONNX front end is tried first (its project is what hls4ml users
-    know). It is kept only if it converts and its C-sim equals golden on
-    ``check_vectors`` random input codes (integer compare); otherwise the
-    project is rebuilt from the golden IR (:func:`convert_hls_from_golden`).
+    know), unless :func:`edgeml.hls.qonnx_route_hazards` finds ops it converts
+    wrongly without an error (table activations such as Tanh / Sigmoid, a MatMul
+    of two activations, torch's Resize): then the reason names those nodes and
+    the QONNX route is skipped. It is kept only if it converts and its C-sim
+    equals golden on ``check_vectors`` random input codes (integer compare);
+    otherwise the project is rebuilt from the golden IR
+    (:func:`convert_hls_from_golden`).
 
     Returns the design and a record for ``hls.json``: ``route`` (``"qonnx"`` or
     ``"golden-ir"``), ``route_reason`` (one line: why the QONNX route was not
@@ -849,7 +1281,7 @@ def convert_for_golden(
         MismatchError: the golden-IR route's C-sim differs from golden (a bug in this module).
     """
     from edgeml.errors import DependencyError, MismatchError
-    from edgeml.hls import convert_hls
+    from edgeml.hls import convert_hls, qonnx_route_hazards
 
     onnx_path, project_dir = Path(onnx_path), Path(project_dir)
     rng = np.random.default_rng(seed)
@@ -864,14 +1296,31 @@ def convert_for_golden(
     }
     reason: str | None = None
     try:
-        design = convert_hls(
-            onnx_path, project_dir, input_type=g.input_type, output_type=g.output_type, **common
+        hazards = qonnx_route_hazards(onnx_path)
+    except Exception as exc:  # an unreadable file: convert_hls says so in its own words
+        logger.debug("hls: pre-check skipped: %s", exc)
+        hazards = []
+    if hazards:
+        more = f" (+{len(hazards) - 3} more)" if len(hazards) > 3 else ""
+        reason = (
+            "hls4ml's QONNX front end would convert this graph wrongly without an error: "
+            + "; ".join(hazards[:3])
+            + more
         )
-    except DependencyError:
-        raise
-    except EdgemlError as exc:
-        reason = f"hls4ml's QONNX front end failed: {_one_line(exc)}"
     else:
+        try:
+            design = convert_hls(
+                onnx_path,
+                project_dir,
+                input_type=g.input_type,
+                output_type=g.output_type,
+                **common,
+            )
+        except DependencyError:
+            raise
+        except EdgemlError as exc:
+            reason = f"hls4ml's QONNX front end failed: {_one_line(exc)}"
+    if reason is None:
         bad = _mismatches(g, design, x)
         if not bad:
             _tag_route(project_dir, "qonnx")

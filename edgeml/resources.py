@@ -222,7 +222,7 @@ class RtlCost:
 
     ``weight_bits`` is the sum over weight matrices of nonzero weights x weight bits,
     ``adders`` the da4ml adders that implies, ``trace_s`` the constant-matrix solver's
-    time (one solve per matrix, per output pixel of a Conv), ``verilator_s`` the build.
+    time (one solve per matrix, per output pixel of a Conv or token of a Dense), ``verilator_s`` the build.
     """
 
     n_weights: int
@@ -256,7 +256,7 @@ def estimate_rtl_cost(g: object) -> RtlCost:
     """
     import numpy as np
 
-    from edgeml.golden import Conv, Dense
+    from edgeml.golden import Dense
 
     n = nnz = bits_total = 0
     trace = 0.0
@@ -267,10 +267,9 @@ def estimate_rtl_cost(g: object) -> RtlCost:
         w = np.asarray(op.weight)
         nz = int(np.count_nonzero(w))
         wb = nz * int(op.weight_type.width)
-        solves = 1
-        if isinstance(op, Conv):
-            out_shape = g.tensors[op.output].shape  # (oh, ow, cout)
-            solves = int(np.prod(out_shape[:-1])) if len(out_shape) > 1 else 1
+        # one solve per output pixel of a Conv, per token of a Dense on (tokens, features)
+        out_shape = g.tensors[op.output].shape
+        solves = int(np.prod(out_shape[:-1])) if len(out_shape) > 1 else 1
         t = solves * TRACE_COEFF * float(wb) ** 2
         n, nnz, bits_total, trace = n + int(w.size), nnz + nz, bits_total + wb * solves, trace + t
         if t > worst_t:
