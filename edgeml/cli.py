@@ -40,6 +40,8 @@ STAGE_HELP = {
 
 
 def _parser() -> argparse.ArgumentParser:
+    from edgeml.config import DEFAULT_DESIGN, builtin_designs
+
     p = argparse.ArgumentParser(
         prog="edgeml",
         description="From a trained model to verified firmware and a fault report: "
@@ -54,8 +56,8 @@ def _parser() -> argparse.ArgumentParser:
         sp = sub.add_parser(name, help=help_, description=help_)
         sp.add_argument(
             "--design",
-            help="built-in design: jet, mlp, cnn, econt or rn08 "
-            "(default: the run's config, else jet)",
+            help=f"built-in design: {', '.join(builtin_designs())} "
+            f"(default: the run's config, else {DEFAULT_DESIGN})",
         )
         sp.add_argument(
             "--onnx",

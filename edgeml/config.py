@@ -25,9 +25,9 @@ DEFAULT_DESIGN = "jet"
 
 def builtin_designs() -> tuple[str, ...]:
     """Names of the built-in designs (the model zoo's registry)."""
-    from edgeml.models.zoo import MODULES
+    from edgeml.models import DESIGN_MODULES
 
-    return tuple(MODULES)
+    return tuple(DESIGN_MODULES)
 
 
 class _Strict(BaseModel):

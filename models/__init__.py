@@ -1,0 +1,14 @@
+"""edgeml's built-in designs (the model zoo) and the full-precision training stack.
+
+``DESIGN_MODULES`` is the registry: design name -> the module whose ``DESIGNS`` dict
+holds its :class:`~edgeml.models.zoo.DesignSpec`. It lives here, free of imports, so
+the command line can list the designs without importing torch.
+"""
+
+DESIGN_MODULES: dict[str, str] = {
+    "jet": "edgeml.models.jets",
+    "mlp": "edgeml.models.digits",
+    "cnn": "edgeml.models.digits",
+    "econt": "edgeml.models.econt",
+    "rn08": "edgeml.models.resnet",
+}

@@ -23,17 +23,11 @@ from torch import nn
 
 from edgeml.errors import ConfigError
 
-from . import training
+from . import DESIGN_MODULES, training
 from .training import Dataset, Loss, TrainSettings
 
 #: Built-in design name -> module defining it (its ``DESIGNS`` dict holds the spec).
-MODULES: dict[str, str] = {
-    "jet": "edgeml.models.jets",
-    "mlp": "edgeml.models.digits",
-    "cnn": "edgeml.models.digits",
-    "econt": "edgeml.models.econt",
-    "rn08": "edgeml.models.resnet",
-}
+MODULES: dict[str, str] = DESIGN_MODULES
 
 
 @dataclass(frozen=True)
