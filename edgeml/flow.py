@@ -978,12 +978,14 @@ def _hls_trace_codes(ctx: Context, hls: Any, x: np.ndarray) -> dict[str, np.ndar
     and fuses a ReLU with the Quant after it; such a layer is matched to the
     golden Requant output when its type has that Requant's binary point.
     """
+    from edgeml.rtl import LAYOUT_KINDS
+
     g = ctx.golden()
     tr = hls.trace_int(x, codes=False)
     types = getattr(hls, "layer_types", {}) or {}
     out: dict[str, np.ndarray] = {}
     for i, op in enumerate(g.ops):
-        if op.kind in ("reshape", "transpose"):
+        if op.kind in LAYOUT_KINDS:
             continue
         hits = [k for k in tr if k == op.name or k.endswith("_" + op.name)]
         if len(hits) != 1:

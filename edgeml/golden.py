@@ -1213,7 +1213,9 @@ class _Compiler:
         out = node.output[0]
         params = _PARAMS.get(op, ())
         dynamic = [
-            ins[i] for i in range(1, len(ins)) if i in params and ins[i] and ins[i] not in self.consts
+            ins[i]
+            for i in range(1, len(ins))
+            if i in params and ins[i] and ins[i] not in self.consts
         ]
         if dynamic:
             raise self._unsupported(

@@ -2,8 +2,10 @@
 
 :class:`NetlistSim` runs the Verilog that ships (``rtl/src``: da4ml's stage
 modules, top and io wrapper) on batches of input codes, bit for bit, without a
-simulator build: ``shift_adder``, ``mux`` and ``negative`` follow their
-``static/*.v`` definitions and pipeline registers pass values through. It
+simulator build: ``shift_adder``, ``mux``, ``negative``, ``multiplier`` (a product
+of two activations) and ``lookup_table`` (a ROM read from its ``memfiles/*.mem``,
+e.g. Tanh / Sigmoid / Softmax tables) follow their ``static/*.v`` definitions and
+pipeline registers pass values through. It
 refuses (``NetlistUnsupported``) what it does not model, so a value is never
 made up. :class:`LayerMap` finds, by value, which golden op each signal
 carries; :meth:`LayerMap.first_layer` then names the first golden op whose
@@ -23,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from edgeml.errors import EdgemlError
+from edgeml.rtl import LAYOUT_KINDS
 
 
 class NetlistUnsupported(EdgemlError):
@@ -676,7 +679,7 @@ class LayerMap:
         _, trace = g.run(x, trace=True)
         by_key: dict[bytes, int] = {}
         for k, op in enumerate(g.ops):
-            if op.kind in ("reshape", "transpose"):
+            if op.kind in LAYOUT_KINDS:
                 continue
             cols = np.asarray(trace[op.output]).reshape(len(x), -1)
             for key in _canon_keys(cols):

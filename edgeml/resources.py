@@ -222,7 +222,7 @@ class RtlCost:
 
     ``weight_bits`` is the sum over weight matrices of nonzero weights x weight bits,
     ``adders`` the da4ml adders that implies, ``trace_s`` the constant-matrix solver's
-    time (one solve per matrix, per output pixel of a Conv or token of a Dense), ``verilator_s`` the build.
+    time (one solve per matrix, per distinct border tap pattern of a Conv), ``verilator_s`` the build.
     """
 
     n_weights: int
@@ -249,14 +249,14 @@ class RtlCost:
 def estimate_rtl_cost(g: object) -> RtlCost:
     """Estimate the RTL stage's cost for a golden model before tracing it (milliseconds).
 
-    The da4ml trace solves one constant-matrix problem per Dense (per output pixel for a
+    The da4ml trace solves one constant-matrix problem per Dense (per border tap pattern of a
     Conv), in time quadratic in the matrix's nonzero weight bits; the constants above were
     measured here. It is a guard against starting a build that would run for hours, not a
     prediction to the second.
     """
     import numpy as np
 
-    from edgeml.golden import Dense
+    from edgeml.golden import Conv, Dense
 
     n = nnz = bits_total = 0
     trace = 0.0
@@ -267,9 +267,14 @@ def estimate_rtl_cost(g: object) -> RtlCost:
         w = np.asarray(op.weight)
         nz = int(np.count_nonzero(w))
         wb = nz * int(op.weight_type.width)
-        # one solve per output pixel of a Conv, per token of a Dense on (tokens, features)
-        out_shape = g.tensors[op.output].shape
-        solves = int(np.prod(out_shape[:-1])) if len(out_shape) > 1 else 1
+        # one solve per distinct set of in-bounds taps of a Conv (pixels away from the
+        # padded border share one); rows of a Dense share one solve
+        solves = 1
+        if isinstance(op, Conv):
+            pads = getattr(op, "pads", (0, 0, 0, 0))
+            out_shape = g.tensors[op.output].shape
+            pix = int(np.prod(out_shape[:-1])) if len(out_shape) > 1 else 1
+            solves = min(pix, (pads[0] + pads[2] + 1) * (pads[1] + pads[3] + 1))
         t = solves * TRACE_COEFF * float(wb) ** 2
         n, nnz, bits_total, trace = n + int(w.size), nnz + nz, bits_total + wb * solves, trace + t
         if t > worst_t:

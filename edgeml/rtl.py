@@ -20,6 +20,13 @@ NCHW ``(1, 8, 8)`` -> element ``j = c*64 + h*8 + w``), element ``j`` at bits
 the bare ``{name}`` top packs elements at their minimal widths). Outputs
 follow ``g.output_shape`` flattened the same way.
 
+**Ops.** Constant matrices (Dense, Conv, also per token on (tokens, features)
+inputs) become da4ml's shift-add constant-matrix logic; Gather (Slice, Concat,
+Pad, Split, Resize, broadcasts) is pure wiring with constant-zero pads;
+Lookup (Tanh, Sigmoid, ...) is a ROM (``src/memfiles/*.mem``) over the
+input's reachable codes; MulTensors / MatMulTensors of two activations are
+variable-by-variable multipliers (``static/multiplier.v``) and adder trees.
+
 **Per-op localisation.** Internal Verilog wires carry no golden names, so
 Verilator cannot report a layer. :meth:`RtlDesign.trace_int` instead
 evaluates the traced da4ml program (the exact graph the Verilog is emitted
@@ -31,6 +38,7 @@ divergent tensor names the layer (see :func:`edgeml.verify.run_level`).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
@@ -41,7 +49,7 @@ import re
 import shutil
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -63,15 +71,20 @@ from edgeml.golden import (
     Bipolar,
     Conv,
     Dense,
+    Gather,
     GoldenModel,
     LeakyRelu,
+    Lookup,
+    MatMulTensors,
     MaxPool,
+    MulTensors,
     Op,
     Relu,
     Requant,
     Reshape,
     Sign,
     Softmax,
+    SubTensors,
     Transpose,
 )
 
@@ -92,7 +105,15 @@ SUPPORTED_RTL_OPS: tuple[str, ...] = (
     "sign",
     "leakyrelu",
     "softmax",
+    "gather",
+    "lookup",
+    "sub",
+    "mul",
+    "matmul",
 )
+#: Golden op kinds that only move data (wiring, no logic): skipped when naming the op a
+#: wire or register belongs to, since their values are their producers' values.
+LAYOUT_KINDS: tuple[str, ...] = ("reshape", "transpose", "gather")
 #: Rounding modes of Requant the RTL implements exactly: all of the golden model's.
 SUPPORTED_ROUNDING: tuple[str, ...] = ROUNDING_MODES
 #: da4ml's Verilator binder moves every port element through an int32.
@@ -199,7 +220,17 @@ def _cmul(v: Any, c: int | float) -> Any:
         return y
     from da4ml.trace.fixed_variable import to_csd_powers
 
-    terms = [v * p for p in to_csd_powers(c)]  # powers of two: no new op, no wrap
+    return _tree_sum([v * p for p in to_csd_powers(c)])  # powers of two: no new op, no wrap
+
+
+def _tree_sum(terms: list[Any]) -> Any:
+    """Sum of da4ml variables as a balanced adder tree (depth ``ceil(log2 n)``, no wraps).
+
+    A left-to-right chain (``functools.reduce``) would be ``n - 1`` adders deep: the
+    same values and adders, but a longer critical path and more pipeline stages.
+    """
+    if not terms:
+        raise ValueError("_tree_sum of no terms")
     while len(terms) > 1:
         terms = [a + b for a, b in zip(terms[::2], terms[1::2], strict=False)] + terms[
             len(terms) & ~1 :
@@ -240,17 +271,53 @@ def _ew(fn: Callable[..., Any], x: np.ndarray, *params: Any) -> np.ndarray:
     return out
 
 
-def _const_matmul(rows: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """``rows (..., K) @ w (K, M)`` with a constant integer matrix (da4ml CMVM: shift-adds, no DSPs)."""
-    from da4ml.trace import FixedVariableArray
+def _const_matmul(rows: np.ndarray, w: np.ndarray, cache: dict | None = None) -> np.ndarray:
+    """``rows (..., K) @ w (K, M)`` with a constant integer matrix (da4ml CMVM: shift-adds, no DSPs).
+
+    Every row (a token of a (tokens, features) input, an output pixel of a Conv) gets
+    its own adders. What is shared is only the *solution* of da4ml's CMVM problem (which
+    adder graph computes ``x @ w``): it depends only on ``w`` and on the rows' value
+    ranges and arrival latencies, so rows with identical ones reuse it instead of
+    solving again (as da4ml's ``@`` would, once per row). The solver is deterministic,
+    so the netlist is the same as solving each row (checked: identical da4ml ops);
+    only the trace is faster. ``cache`` carries solutions across calls (a Conv's pixels).
+    """
+    from da4ml.cmvm import solve
+    from da4ml.trace.fixed_variable import QInterval
 
     if w.size and int(np.abs(w).max()) >= _MAX_WEIGHT:
         raise UnsupportedOpError(
             f"weight codes up to {int(np.abs(w).max())} exceed 2**24; da4ml's constant-matrix "
             "solver takes float32 matrices, so weights must stay below 24 bits"
         )
-    arr = FixedVariableArray(rows)
-    return (arr @ w.astype(np.float64))._vars
+    k, m = w.shape
+    if rows.shape[-1] != k:
+        raise UnsupportedOpError(f"matrix product of {rows.shape} with a ({k}, {m}) matrix")
+    if all(v.low == v.high for v in rows.reshape(-1)):  # constants only: a constant result
+        hw = rows.reshape(-1)[0].hwconf
+        c = np.array([float(v.low) for v in rows.reshape(-1)]).reshape(rows.shape) @ w
+        return np.vectorize(lambda z: _fv().from_const(float(z), hw), otypes=[object])(c)
+    mat = np.ascontiguousarray(w.astype(np.float32))  # what da4ml's cmvm hands its solver
+    wkey = (w.shape, mat.tobytes())
+    cache = {} if cache is None else cache
+    flat = rows.reshape(-1, k)
+    out = np.empty((len(flat), m), dtype=object)
+    for r, vec in enumerate(flat):
+        qints = [QInterval(float(v.low), float(v.high), float(v.step)) for v in vec]
+        lats = [float(v.latency) for v in vec]
+        key = (wkey, tuple(qints), tuple(lats))
+        sol = cache.get(key)
+        if sol is None:
+            hw = vec[0].hwconf
+            sol = cache[key] = solve(
+                mat,
+                qintervals=qints,
+                latencies=lats,
+                adder_size=hw.adder_size,
+                carry_size=hw.carry_size,
+            )
+        out[r] = sol(vec)
+    return out.reshape((*rows.shape[:-1], m))
 
 
 def _dense_tail(acc: np.ndarray, op: Dense) -> np.ndarray:
@@ -274,6 +341,7 @@ def _trace_conv(op: Conv, x: np.ndarray) -> np.ndarray:
     oh = (h + t + b - kh) // sh + 1
     ow = (wd + left + r - kw) // sw + 1
     acc = np.empty((1, oh, ow, cout), dtype=object)
+    cache: dict = {}  # interior pixels share one CMVM solution (see _const_matmul)
     for oy in range(oh):
         for ox in range(ow):
             taps, wrows = [], []
@@ -293,7 +361,7 @@ def _trace_conv(op: Conv, x: np.ndarray) -> np.ndarray:
                 ]
                 continue
             vec = np.concatenate(taps)
-            acc[0, oy, ox, :] = _const_matmul(vec, np.concatenate(wrows).reshape(-1, cout))
+            acc[0, oy, ox, :] = _const_matmul(vec, np.concatenate(wrows).reshape(-1, cout), cache)
     return _dense_tail(acc, op)
 
 
@@ -386,9 +454,18 @@ def _shr(v: Any, s: int) -> Any:
     return _floor(v * 2.0**-s)
 
 
-def _lookup(v: Any, table: np.ndarray) -> Any:
-    """``table[v]`` for an integer variable in ``[0, len(table))``: a da4ml ROM (``.mem`` file)."""
-    lo, hi, step = int(v.low), int(v.high), int(v.step)
+def _lookup(v: Any, table: np.ndarray, base: int = 0) -> Any:
+    """``table[v - base]`` for an integer variable in ``[base, base + len(table))``: a da4ml ROM.
+
+    Only the entries the variable can reach go into the ROM (its ``.mem`` file),
+    indexed by the variable's own bits, so no subtractor is needed for ``base``.
+    """
+    lo, hi, step = int(v.low) - base, int(v.high) - base, int(v.step)
+    if lo < 0 or hi >= len(table):
+        raise UnsupportedOpError(
+            f"lookup index range [{lo + base}, {hi + base}] outside the table's "
+            f"[{base}, {base + len(table) - 1}]"
+        )
     if lo == hi:
         return _fv().from_const(float(table[lo]), v.hwconf)
     return v.lookup(np.asarray(table[lo : hi + 1 : step], np.float64))
@@ -425,6 +502,96 @@ def _trace_softmax(op: Softmax, x: np.ndarray) -> np.ndarray:
     return out
 
 
+def _trace_gather(op: Gather, xs: list[np.ndarray]) -> np.ndarray:
+    """Golden ``Gather`` as wiring: pick variables by ``index``; ``-1`` is a constant-zero variable.
+
+    ``shifts`` are exact left shifts (a power-of-two scale on the variable: no logic,
+    the binary point moves). Nothing is computed, so a Slice, Concat, Pad, Resize or
+    broadcast costs no LUTs.
+    """
+    shifts = tuple(op.shifts) or (0,) * len(xs)
+    if len(shifts) != len(xs):
+        raise UnsupportedOpError(
+            f"op '{op.name}' (gather): {len(shifts)} shifts for {len(xs)} inputs"
+        )
+    flat: list[Any] = []
+    for x, s in zip(xs, shifts, strict=True):
+        if s < 0:
+            raise UnsupportedOpError(
+                f"op '{op.name}' (gather): negative shift {s}; only left shifts (>= 0) are exact"
+            )
+        flat.extend(v * float(2**s) if s else v for v in x.reshape(-1))
+    index = np.asarray(op.index, np.int64).reshape(-1)
+    if index.size and (index.min() < -1 or index.max() >= len(flat)):
+        raise UnsupportedOpError(
+            f"op '{op.name}' (gather): index range [{index.min()}, {index.max()}] outside "
+            f"[-1, {len(flat) - 1}] (-1 = constant zero)"
+        )
+    hw = xs[0].reshape(-1)[0].hwconf
+    src = np.empty(len(flat) + 1, dtype=object)
+    src[: len(flat)] = flat
+    src[-1] = _fv().from_const(0, hw)  # index -1
+    return src[index].reshape((1, *op.shape))
+
+
+def _trace_lookup(op: Lookup, x: np.ndarray) -> np.ndarray:
+    """Golden ``Lookup`` (``table[x - lo]``): one da4ml ROM per element, shared table contents.
+
+    The ROM holds only the entries the element's range can reach (via :func:`_lookup`).
+    A variable whose range exceeds the table (an FI build's register widened for
+    flipped upstream codes) is first wrapped to the table's type, as a register of
+    the golden input type would hold it; the table covers that type's every code.
+    """
+    table = np.asarray(op.table, np.int64).reshape(-1)
+    n, lo = len(table), int(op.lo)
+    width = n.bit_length() - 1
+    whole_type = n == 1 << width and lo in (0, -(n >> 1)) and width > 0
+
+    def one(v: Any) -> Any:
+        if v.low < lo or v.high > lo + n - 1:
+            if not whole_type:
+                raise UnsupportedOpError(
+                    f"op '{op.name}' (lookup): input range [{v.low}, {v.high}] exceeds the "
+                    f"table's codes [{lo}, {lo + n - 1}], which are not a whole fixed-point type"
+                )
+            signed = lo < 0
+            v = v.quantize(int(signed), width - int(signed), 0, "WRAP", "TRN")
+        return _lookup(v, table, lo)
+
+    return _ew(one, x)
+
+
+def _binary(fn: Callable[[Any, Any], Any], a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``fn`` element by element over two variable arrays, broadcast like numpy (as golden does)."""
+    a, b = np.broadcast_arrays(a, b)
+    out = np.empty(a.shape, dtype=object)
+    for idx in np.ndindex(a.shape):
+        out[idx] = fn(a[idx], b[idx])
+    return out
+
+
+def _trace_matmul(op: MatMulTensors, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a @ b`` of two activations: ``K`` variable-by-variable multipliers and an adder tree per output."""
+    if a.ndim < 3 or b.ndim < 3:
+        raise UnsupportedOpError(
+            f"op '{op.name}' (matmul): operands need >= 2 axes besides the batch, got shapes "
+            f"{a.shape[1:]} and {b.shape[1:]}"
+        )
+    (m, k), (k2, n) = a.shape[-2:], b.shape[-2:]
+    if k != k2:
+        raise UnsupportedOpError(
+            f"op '{op.name}' (matmul): inner dimensions differ ({a.shape[1:]} @ {b.shape[1:]})"
+        )
+    lead = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+    a = np.broadcast_to(a, (*lead, m, k))
+    b = np.broadcast_to(b, (*lead, k, n))
+    out = np.empty((*lead, m, n), dtype=object)
+    for idx in np.ndindex(*lead, m, n):
+        *ld, i, j = idx
+        out[idx] = _tree_sum([a[(*ld, i, t)] * b[(*ld, t, j)] for t in range(k)])
+    return out
+
+
 def _trace_op(op: Op, xs: list[np.ndarray]) -> np.ndarray:
     """Apply one golden op to object arrays of da4ml variables (leading batch axis of 1)."""
     if isinstance(op, Conv):  # before Dense: Conv subclasses Dense
@@ -444,12 +611,8 @@ def _trace_op(op: Op, xs: list[np.ndarray]) -> np.ndarray:
     if isinstance(op, Transpose):
         return np.ascontiguousarray(np.transpose(xs[0], op.perm))
     if isinstance(op, AddTensors):
-        a, b = xs
         sa, sb = float(2**op.shift_a), float(2**op.shift_b)
-        out = np.empty(a.shape, dtype=object)
-        for idx in np.ndindex(a.shape):
-            out[idx] = a[idx] * sa + b[idx] * sb
-        return out
+        return _binary(lambda u, v: u * sa + v * sb, *xs)
     if isinstance(op, Bipolar):
         return _ew(_trace_bipolar, xs[0])
     if isinstance(op, Sign):
@@ -458,6 +621,17 @@ def _trace_op(op: Op, xs: list[np.ndarray]) -> np.ndarray:
         return _ew(lambda v: _trace_leakyrelu(op, v), xs[0])
     if isinstance(op, Softmax):
         return _trace_softmax(op, xs[0])
+    if isinstance(op, Gather):
+        return _trace_gather(op, xs)
+    if isinstance(op, Lookup):
+        return _trace_lookup(op, xs[0])
+    if isinstance(op, SubTensors):
+        sa, sb = float(2**op.shift_a), float(2**op.shift_b)
+        return _binary(lambda u, v: u * sa - v * sb, *xs)
+    if isinstance(op, MulTensors):
+        return _binary(lambda u, v: u * v, *xs)
+    if isinstance(op, MatMulTensors):
+        return _trace_matmul(op, *xs)
     raise UnsupportedOpError(
         f"golden op '{op.name}' of kind '{op.kind}' ({type(op).__name__}) has no RTL mirror; "
         f"edgeml.rtl supports: {', '.join(SUPPORTED_RTL_OPS)}"
@@ -845,21 +1019,13 @@ class RtlDesign:
             return np.zeros((0, *self.output_shape), np.int64)
         inp = np.ascontiguousarray(raw_in.astype(np.int32))
         out = np.zeros((n, self.n_outputs), np.int32)
-        memdir = self.src_dir / "memfiles"
-        cwd = Path.cwd()
-        needs_mem = bool(self.mem_files)
-        try:
-            if needs_mem:  # $readmemh of lookup tables uses relative paths
-                os.chdir(memdir)
+        with memfiles_cwd(self.src_dir / "memfiles"):
             self._lib.inference(
                 inp.ctypes.data_as(ctypes.POINTER(ctypes.c_int32)),
                 out.ctypes.data_as(ctypes.POINTER(ctypes.c_int32)),
                 ctypes.c_size_t(n),
                 ctypes.c_size_t(max(int(n_threads), 0)),
             )
-        finally:
-            if needs_mem:
-                os.chdir(cwd)
         return self.decode_outputs(out)
 
     def trace_int(self, x_codes: np.ndarray) -> dict[str, np.ndarray]:
@@ -876,6 +1042,24 @@ class RtlDesign:
 # at the same simulation speed (3000: ~15 s but 30 % slower; 30000: ~110 s).
 _VERILATOR_FLAGS = "-Wall -Wno-fatal --output-split-cfuncs 10000"
 _OPT_TARGET = "slow"  # da4ml's binder Makefile: "slow" = -O, "fast" = -O3 (2-3x longer C++ compile)
+
+
+@contextlib.contextmanager
+def memfiles_cwd(memdir: Path) -> Iterator[None]:
+    """Run a Verilated model from ``memdir`` when it holds lookup-table ``.mem`` files.
+
+    da4ml's ROMs ``$readmemh`` their contents by bare file name, so the simulator
+    must run in the folder holding them; a design without ROMs runs where it is.
+    """
+    if not (memdir.is_dir() and any(memdir.glob("*.mem"))):
+        yield
+        return
+    cwd = Path.cwd()
+    os.chdir(memdir)
+    try:
+        yield
+    finally:
+        os.chdir(cwd)
 
 
 def _load_binder(lib: Path) -> Any:
@@ -1067,13 +1251,13 @@ def wire_layers(
     def consumer(i: int) -> int:
         """First golden op that computes with op ``i``'s tensor (the graph input for -1).
 
-        Layout ops (reshape, transpose) only rename elements, so the search goes on
+        Layout ops (reshape, transpose, gather) only move elements, so the search goes on
         through them to the op that really consumes the values.
         """
         name = g.input_name if i < 0 else g.ops[i].output
         for j in range(i + 1, len(g.ops)):
             if name in g.ops[j].inputs:
-                if g.ops[j].kind in ("reshape", "transpose"):
+                if g.ops[j].kind in LAYOUT_KINDS:
                     name = g.ops[j].output
                     continue
                 return j

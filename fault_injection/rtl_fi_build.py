@@ -69,11 +69,10 @@ from edgeml.errors import (
 )
 from edgeml.fixed import FixedType, type_for_range
 from edgeml.golden import Dense, GoldenModel
+from edgeml.rtl import LAYOUT_KINDS, memfiles_cwd
 
 log = logging.getLogger(__name__)
 
-#: Golden op kinds that only move data (no logic, never a register boundary in ``"ops"`` mode).
-LAYOUT_KINDS: tuple[str, ...] = ("reshape", "transpose")
 #: Register placements of the layer build.
 BOUNDARY_MODES: tuple[str, ...] = ("layers", "ops")
 #: The harness moves port elements through int32.
@@ -414,18 +413,19 @@ class FiDesign:
             fr, fp, fb = np.zeros(1, np.int32), np.zeros(1, np.int64), np.zeros(1, np.int32)
         elif fb.size == 0:
             fb = np.zeros(1, np.int32)
-        rc = self._lib.fi_run(
-            x.ctypes.data_as(i32),
-            ctypes.c_int64(len(x)),
-            sv.ctypes.data_as(i64),
-            sf.ctypes.data_as(i32),
-            ctypes.c_int64(len(sv)),
-            fr.ctypes.data_as(i32),
-            fp.ctypes.data_as(i64),
-            fb.ctypes.data_as(i32),
-            out.ctypes.data_as(i32),
-            ctypes.c_int32(max(int(n_threads), 0)),
-        )
+        with memfiles_cwd(self.out_dir / "src" / "memfiles"):
+            rc = self._lib.fi_run(
+                x.ctypes.data_as(i32),
+                ctypes.c_int64(len(x)),
+                sv.ctypes.data_as(i64),
+                sf.ctypes.data_as(i32),
+                ctypes.c_int64(len(sv)),
+                fr.ctypes.data_as(i32),
+                fp.ctypes.data_as(i64),
+                fb.ctypes.data_as(i32),
+                out.ctypes.data_as(i32),
+                ctypes.c_int32(max(int(n_threads), 0)),
+            )
         if rc != 0:
             raise EdgemlError(f"FI harness of '{self.name}' failed with code {rc}")
         return out

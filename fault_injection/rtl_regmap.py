@@ -362,7 +362,7 @@ def _golden_columns(g: GoldenModel, x: np.ndarray) -> tuple[dict[bytes, tuple[st
     An element equal to another one's column keeps the first in op order
     (the input, then producers before pure re-layouts of the same values).
     """
-    from .rtl_fi_build import LAYOUT_KINDS
+    from edgeml.rtl import LAYOUT_KINDS
 
     _, tr = g.run(x, trace=True)
     env = {g.input_name: np.asarray(x)}
