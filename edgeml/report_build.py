@@ -135,7 +135,7 @@ def build_report(ctx: Context) -> Path:
                 sdc_rate=np.asarray(res.sdc_rate),
                 baseline_accuracy=float(res.baseline_accuracy),
                 n_samples=int(res.n_samples),
-                title="Exhaustive single-bit flips of weights and biases (golden model)",
+                title="Exhaustive single-bit flips of every stored bit: weights, biases, lookup tables (golden model)",
                 layer_order=[f"{n}/{p}" for n in res.layer_names for p in ("weight", "bias")],
             )
         )

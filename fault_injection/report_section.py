@@ -305,7 +305,7 @@ def fault_section_html(
         hs = a["rankings"].get("hessian", {})
         orc = a["rankings"].get("oracle", {})
         parts.append(
-            "<p>Single-bit flips of every weight and bias bit "
+            "<p>Single-bit flips of every stored bit (weights, biases, lookup tables) "
             f"({_fmt(a['n_sites'])} faults x {_fmt(a['n_samples'])} samples). "
             "AVF = mean SDC rate: the chance that one upset in a random bit corrupts a "
             "random inference's top-1 class. Protecting the Hessian ranking's top "

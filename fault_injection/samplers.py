@@ -598,26 +598,19 @@ def _binfi_groups(
     g: GoldenModel, sites: Sequence[FaultSite], split_direction: bool
 ) -> list[np.ndarray]:
     """Site indices per search group, ordered by ascending bit significance."""
-    ops = {op.name: op for op in g.param_ops}
+    from .sites import PERMANENT_PARAMS, stored_words
+
     words: dict[tuple[str, str, int], list[int]] = {}
     for i, s in enumerate(sites):
-        if s.param not in ("weight", "bias") or s.kind != "flip" or getattr(s, "nbits", 1) != 1:
+        if s.param not in PERMANENT_PARAMS or s.kind != "flip" or getattr(s, "nbits", 1) != 1:
             raise ConfigError(
-                f"BinFI searches single-bit flips of weights/biases; got {s} "
-                "(stuck-at and multi-bit faults have no monotone bit order)"
+                f"BinFI searches single-bit flips of stored words (weights, biases, tables); "
+                f"got {s} (stuck-at and multi-bit faults have no monotone bit order)"
             )
-        if s.layer not in ops:
-            raise ConfigError(f"unknown layer {s.layer!r}; weight layers: {list(ops)}")
         words.setdefault((s.layer, s.param, s.index), []).append(i)
     groups: list[np.ndarray] = []
     for (layer, param, index), idx in words.items():
-        op = ops[layer]
-        if param == "weight":
-            codes, ftype = op.weight, op.weight_type
-        else:
-            if op.bias is None or op.bias_type is None:
-                raise ConfigError(f"layer {layer!r} has no bias")
-            codes, ftype = op.bias, op.bias_type
+        codes, ftype = stored_words(g, layer, param)  # unknown layer / no bias: ConfigError
         flat = np.asarray(codes, np.int64).reshape(-1)
         if not 0 <= index < flat.size:
             raise ConfigError(f"index {index} out of range for {layer}/{param} ({flat.size})")
@@ -673,10 +666,10 @@ def binfi_search(
     if evaluate is None:
         if x_codes is None:
             raise ConfigError("binfi_search needs x_codes (or an evaluate function)")
-        from .campaign import run_param_campaign
+        from .campaign import run_campaign
 
         def evaluate(batch: list[FaultSite]) -> np.ndarray:
-            return run_param_campaign(g, x_codes, labels, sites=batch, progress=False).sdc_rate
+            return run_campaign(g, x_codes, labels, batch, progress=False).sdc_rate
 
     groups = _binfi_groups(g, site_list, split_direction)
     n = len(site_list)
