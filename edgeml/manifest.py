@@ -42,7 +42,18 @@ PRODUCERS: dict[str, str] = {
     "verify.json": "verify",
     "faults/campaign.npz": "faults",
     "report.html": "report",
+    "golden.npz": "export",
+    "rtl/": "rtl",  # everything under rtl/ (edgeml_rtl.json, the Verilog, memfiles)
+    "faults/": "faults",
 }
+
+
+def producer(name: str) -> str | None:
+    """The stage that writes run-folder artifact ``name`` (a file or anything under a folder)."""
+    if name in PRODUCERS:
+        return PRODUCERS[name]
+    top = name.split("/", 1)[0] + "/"
+    return PRODUCERS.get(top) if "/" in name else None
 
 
 def sha256(path: str | Path) -> str:
@@ -88,10 +99,16 @@ class RunFolder:
                 f"stages) first, or pass --out to point at an existing run folder"
             )
         if not p.exists():
-            stage = PRODUCERS.get(name, "an earlier stage")
+            stage = producer(name)
+            if stage is None:
+                raise MissingRunError(
+                    f"'{p}' is missing; run the earlier stages (`edgeml flow --out {self.path}`) "
+                    "first"
+                )
+            hint = " (or leave the RTL level out with --no-rtl)" if stage == "rtl" else ""
             raise MissingRunError(
                 f"'{p}' is missing; it is written by the '{stage}' stage: run `edgeml {stage} "
-                f"--out {self.path}` first"
+                f"--out {self.path}` first{hint}"
             )
         return p
 

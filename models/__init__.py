@@ -11,4 +11,6 @@ DESIGN_MODULES: dict[str, str] = {
     "cnn": "edgeml.models.digits",
     "econt": "edgeml.models.econt",
     "rn08": "edgeml.models.resnet",
+    "cgm": "edgeml.models.cgm",
+    "ssm": "edgeml.models.ssm",
 }
