@@ -13,4 +13,5 @@ DESIGN_MODULES: dict[str, str] = {
     "rn08": "edgeml.models.resnet",
     "cgm": "edgeml.models.cgm",
     "ssm": "edgeml.models.ssm",
+    "wavecast": "edgeml.models.wavecast",
 }
