@@ -27,6 +27,7 @@ if str(TESTS) not in sys.path:
     sys.path.insert(0, str(TESTS))
 
 import external_models as ext  # noqa: E402
+import op_models  # noqa: E402
 
 QD = "qonnx.custom_op.general"
 
@@ -243,6 +244,21 @@ def cases() -> list[Case]:
             "HGQ2 native QDense model saved as .keras",
             keras_file("hgq_dense"),
             flag="--keras",
+        ),
+        Case(
+            "brevitas_gru_cell",
+            "Brevitas 0.13 export of a GRU-style cell step: Slice of the input, Sigmoid/Tanh "
+            "between 8-bit quantizers, gates as Mul / Sub / Add of two activations (hls4ml's "
+            "QONNX route would use its own tables: caught, golden-IR route)",
+            lambda d: op_models.raw_path(op_models.brevitas_gru_cell(d / "gru_cell.onnx")),
+            changes=False,
+        ),
+        Case(
+            "qonnx_attention",
+            "hand-written QONNX attention block: per-token Dense on (tokens, features), "
+            "Q @ K^T and scores @ V (activation MatMuls hls4ml's QONNX route would drop)",
+            lambda d: op_models.raw_path(op_models.attention(d / "attention.onnx")),
+            changes=False,
         ),
         Case(
             "big_mlp_200k",

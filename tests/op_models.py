@@ -23,7 +23,8 @@ from edgeml.export import clean_qonnx
 from edgeml.ingest import normalise
 
 
-def _raw(path: Path) -> Path:
+def raw_path(path: Path) -> Path:
+    """Where a builder writes the file as the other tool wrote it (before cleaning)."""
     return path.with_name(path.stem + ".raw.onnx")
 
 
@@ -39,8 +40,8 @@ def _finish(b: GraphBuilder, out: str, path: Path, opset: int = 13) -> Path:
     for imp in m.model.opset_import:
         if imp.domain == "":
             imp.version = opset
-    m.save(str(_raw(path)))
-    clean_qonnx(normalise(str(_raw(path))).model, path)  # as `edgeml flow --onnx` does
+    m.save(str(raw_path(path)))
+    clean_qonnx(normalise(str(raw_path(path))).model, path)  # as `edgeml flow --onnx` does
     return path
 
 
@@ -202,8 +203,8 @@ def _export(model: Any, shape: tuple[int, ...], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     model.eval()
     with quiet_tools(), torch.no_grad():
-        export_qonnx(model, args=torch.zeros(shape), export_path=str(_raw(path)))
-    clean_qonnx(str(_raw(path)), path)
+        export_qonnx(model, args=torch.zeros(shape), export_path=str(raw_path(path)))
+    clean_qonnx(str(raw_path(path)), path)
     return path
 
 

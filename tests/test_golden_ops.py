@@ -50,7 +50,7 @@ def test_golden_equals_qonnx_on_original_file(built: dict[str, Path], family: st
     kinds = {op.kind for op in g.ops}
     x = _vectors(g)
     got = g.predict(x) * g.output_scale
-    ref = execute_original(onnx.load(str(op_models._raw(path))), x * g.input_real_scale)
+    ref = execute_original(onnx.load(str(op_models.raw_path(path))), x * g.input_real_scale)
     assert _mismatches(got, ref.reshape(got.shape)) == 0
     # the family really exercises new ops (not a graph that folded them away)
     new = {"gather", "lookup", "sub", "mul", "matmul"}
