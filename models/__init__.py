@@ -14,4 +14,7 @@ DESIGN_MODULES: dict[str, str] = {
     "cgm": "edgeml.models.cgm",
     "ssm": "edgeml.models.ssm",
     "wavecast": "edgeml.models.wavecast",
+    "dlwp": "edgeml.models.dlwp",
+    "dlwp_fno": "edgeml.models.dlwp",
+    "dlwp_unet": "edgeml.models.dlwp",
 }
