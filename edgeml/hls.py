@@ -105,6 +105,7 @@ from edgeml.errors import (
     UnsupportedOpError,
 )
 from edgeml.fixed import FixedType
+from edgeml.golden import TABLE_FUNCS
 from edgeml.manifest import sha256
 
 logger = logging.getLogger(__name__)
@@ -219,18 +220,9 @@ def _check_supported_ops(model: Any) -> None:
 #: Sigmoid 17/100 vectors on the probes in DESIGN.md). The golden model's exact table
 #: (a ``UnaryLUT``) is the route for them.
 INEXACT_ACTIVATIONS: tuple[str, ...] = (
-    "Tanh",
-    "Sigmoid",
-    "HardSigmoid",
-    "HardSwish",
-    "Softplus",
-    "Softsign",
-    "Elu",
-    "Selu",
-    "Celu",
+    *TABLE_FUNCS,  # every function the golden model tabulates exactly...
+    "Celu",  # ...and the ones it refuses, which hls4ml would still convert inexactly
     "Gelu",
-    "Erf",
-    "Exp",
     "Log",
     "ThresholdedRelu",
 )
