@@ -17,4 +17,7 @@ DESIGN_MODULES: dict[str, str] = {
     "dlwp": "edgeml.models.dlwp",
     "dlwp_fno": "edgeml.models.dlwp",
     "dlwp_unet": "edgeml.models.dlwp",
+    "pinn": "edgeml.models.pinn",
+    "resnet_skip": "edgeml.models.skipnets",
+    "resnet_noskip": "edgeml.models.skipnets",
 }

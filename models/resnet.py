@@ -82,7 +82,7 @@ def _check_bit_width(bit_width: int) -> None:
         )
 
 
-class _Layers:
+class Layers:
     """Makes the float layers, or their Brevitas twins at ``bit_width`` (same parameter names)."""
 
     def __init__(self, bit_width: int | None) -> None:
@@ -157,7 +157,7 @@ class ResidualStack(nn.Module):
     through the one ``add_quant`` instance, so they share a power-of-two scale.
     """
 
-    def __init__(self, layers: _Layers, cin: int, cout: int, stride: int) -> None:
+    def __init__(self, layers: Layers, cin: int, cout: int, stride: int) -> None:
         super().__init__()
         self.conv1 = layers.conv(cin, cout, 3, stride)
         self.relu1 = layers.relu()
@@ -186,7 +186,7 @@ class RN08(nn.Module):
         ):
             raise ConfigError(f"widths must be two positive channel counts, got {widths!r}")
         c1, c2 = widths
-        layers = _Layers(bit_width)
+        layers = Layers(bit_width)
         self.bit_width = bit_width
         self.inp = layers.inp()
         self.stem = layers.conv(INPUT_SHAPE[0], c1, 3)
