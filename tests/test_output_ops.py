@@ -256,7 +256,7 @@ def test_refusals_name_op_node_and_list():
     cases.append((b.build(b.node("Clip", [x, x])), "min input is not a constant"))
     b = GraphBuilder((8,), (8,))
     x = b.quant("inp", 2.0**-4, 8)
-    cases.append((b.build(b.node("Tanh", [x])), "not supported"))
+    cases.append((b.build(b.node("LRN", [x], size=3)), "not supported"))
     for m, why in cases:
         with pytest.raises(UnsupportedOpError) as ei:
             GoldenModel.from_onnx(m)
