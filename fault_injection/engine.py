@@ -1396,6 +1396,12 @@ class FaultEngine:
             progress.update(rows.size)
 
     # ---- the general walker (any graph)
+    def _walker_cap(self) -> int:
+        """Faults the walker runs together: bounded so one batch of records of the
+        largest tensor stays within ``_MAX_BATCH_ELEMS`` elements (at most 256)."""
+        biggest = max(int(np.prod(t.shape, dtype=np.int64)) for t in self.g.tensors.values())
+        return max(1, min(256, _MAX_BATCH_ELEMS // max(1, self.n * biggest)))
+
     def _walker_params(
         self,
         op: Dense,
@@ -1416,8 +1422,7 @@ class FaultEngine:
         idx = table.index[rows]
         delta = table.deltas(op, param, rows)
         chan = idx if param == "bias" else idx % cout
-        biggest = max(int(np.prod(t.shape, dtype=np.int64)) for t in self.g.tensors.values())
-        cap = max(1, min(256, _MAX_BATCH_ELEMS // max(1, n * biggest)))
+        cap = self._walker_cap()
         order = np.argsort(chan, kind="stable")
         bounds = np.flatnonzero(np.diff(chan[order])) + 1
         for group in np.split(order, bounds):
@@ -1445,8 +1450,7 @@ class FaultEngine:
         idx = table.index[rows]
         order = np.argsort(idx, kind="stable")
         bounds = np.flatnonzero(np.diff(idx[order])) + 1
-        biggest = max(int(np.prod(tt.shape, dtype=np.int64)) for tt in self.g.tensors.values())
-        cap = max(1, min(256, _MAX_BATCH_ELEMS // max(1, self.n * biggest)))
+        cap = self._walker_cap()
         for group in np.split(order, bounds):
             if not group.size:
                 continue
@@ -1476,15 +1480,13 @@ class FaultEngine:
         """ROM faults of a Lookup op: entry ``i`` changes the output wherever the input
         code is ``lo + i`` (any number of positions per sample); the walker takes it
         from there. Entries no sample reads change nothing."""
-        n = self.n
         k = self._op_pos[id(op)]
         x = self._flat[op.inputs[0]]
         base = self._flat[op.output]
         codes, _ = table_storage(self.g, op)
         idx = table.index[rows]
         new = codes.reshape(-1)[idx] + table.deltas(op, "table", rows, self.g)  # type: ignore[arg-type]
-        biggest = max(int(np.prod(tt.shape, dtype=np.int64)) for tt in self.g.tensors.values())
-        cap = max(1, min(256, _MAX_BATCH_ELEMS // max(1, n * biggest)))
+        cap = self._walker_cap()
         order = np.argsort(idx, kind="stable")
         bounds = np.flatnonzero(np.diff(idx[order])) + 1
         for group in np.split(order, bounds):
