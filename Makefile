@@ -9,6 +9,9 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.edgeml-installed
 DESIGN ?= jet
 PYTEST_ARGS ?=
+# LBNL's landscaper (loss-landscape topology) and its topopy/nglpy: their metadata asks
+# for numpy<2, which would downgrade the toolchain's numpy 2; they work with it (tested).
+NODEPS_PKGS := landscaper==1.3.1 topopy==1.0.4 nglpy==1.1.7
 
 .PHONY: setup sysdeps demo demo-cnn demo-all test test-fast lint bench bench-faults sweep clean
 
@@ -19,6 +22,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check --upgrade pip setuptools wheel
 	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps $(NODEPS_PKGS)
 	@touch $@
 
 # yosys gives LUT/FF/DSP estimates; Debian's package is the only non-PyPI dependency.
