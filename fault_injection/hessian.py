@@ -31,7 +31,9 @@ central-difference slope at the entry read (see :meth:`FloatMirror._lookup`).
 (output codes x output scale) on labelled samples. Hessian-vector products are
 double backward (Pearlmutter); top-k eigenpairs come from Lanczos with full
 reorthogonalisation or power iteration with deflation, and the trace from
-Hutchinson's estimator with Rademacher probes.
+Hutchinson's estimator with Rademacher probes. That linear algebra is shared with
+the analysis stack: it lives in :mod:`edgeml.models.analysis.curvature` (re-exported
+here).
 
 **Parameter scores.**
 
@@ -71,7 +73,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -99,6 +101,10 @@ from edgeml.golden import (
     SubTensors,
     Transpose,
 )
+
+# The curvature linear algebra lives in the analysis stack (one implementation for the
+# fault rankings and ``edgeml analyze``): LossHessian gets its spectra and traces from it.
+from edgeml.models.analysis.curvature import HessianOperator
 
 #: Golden ops the float mirror reproduces (one truth for the check and its message).
 MIRRORED_OPS = (
@@ -129,10 +135,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 RULES: tuple[str, ...] = ("delta", "bit_major", "param_major")
-EIGEN_METHODS: tuple[str, ...] = ("lanczos", "power")
 PARAM_NAMES: tuple[str, ...] = ("weight", "bias", "table")
-
-HVP = Callable[["torch.Tensor"], "torch.Tensor"]
 
 
 def _torch() -> Any:
@@ -472,7 +475,7 @@ class FloatMirror:
 # ----------------------------------------------------------------------------- Hessian
 
 
-class LossHessian:
+class LossHessian(HessianOperator):
     """Cross-entropy loss of a :class:`FloatMirror` on labelled samples, and its curvature.
 
     ``labels=None`` uses the fault-free golden top-1 as labels (the loss then
@@ -550,146 +553,6 @@ class LossHessian:
             out += hb
         self.n_hvp += 1
         return out.detach()
-
-    def dense(self) -> torch.Tensor:
-        """The explicit Hessian (``dim`` HVPs): for small models and tests only."""
-        torch = _torch()
-        eye = torch.eye(self.dim, dtype=torch.float64)
-        return torch.stack([self.hvp(eye[i]) for i in range(self.dim)])
-
-    def eigenpairs(
-        self, k: int = 8, *, method: str = "lanczos", seed: int = 0, **kw: Any
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` eigenpairs by ``|lambda|``: (values (k,), vectors (k, dim))."""
-        if method not in EIGEN_METHODS:
-            raise ConfigError(f"method must be one of {EIGEN_METHODS}, got {method!r}")
-        fn = lanczos if method == "lanczos" else power_iteration
-        return fn(self.hvp, self.dim, k, seed=seed, **kw)
-
-    def trace(self, n_probes: int = 100, *, seed: int = 0) -> tuple[float, float]:
-        """Hutchinson estimate of ``tr(H)`` and its standard error."""
-        return hutchinson_trace(self.hvp, self.dim, n_probes, seed=seed)
-
-
-# ----------------------------------------------------------------------------- linear algebra
-
-
-def _check_k(k: int, dim: int) -> None:
-    if not isinstance(k, int) or not 1 <= k <= dim:
-        raise ConfigError(f"k (eigenpairs) must be an integer in [1, {dim}], got {k!r}")
-
-
-def power_iteration(
-    hvp: HVP,
-    dim: int,
-    k: int = 1,
-    *,
-    max_iter: int = 500,
-    tol: float = 1e-8,
-    seed: int = 0,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``k`` eigenpairs (largest ``|lambda|``) by power iteration with deflation.
-
-    Each new vector is kept orthogonal to the ones already found (projection
-    deflation, as FKeras/PyHessian), so iteration ``i`` converges to the
-    ``i``-th largest ``|lambda|``. Converged when the Rayleigh quotient changes
-    by less than ``tol`` relative. Returns values (k,) and unit vectors (k, dim),
-    in order of discovery (non-increasing ``|lambda|`` up to convergence).
-    """
-    torch = _torch()
-    _check_k(k, dim)
-    gen = torch.Generator().manual_seed(int(seed))
-    vals: list[float] = []
-    vecs: list[Any] = []
-    for _ in range(k):
-        v = torch.randn(dim, generator=gen, dtype=torch.float64)
-        lam_prev: float | None = None
-        lam = 0.0
-        for _it in range(max_iter):
-            for u in vecs:
-                v = v - (u @ v) * u
-            nv = torch.linalg.norm(v)
-            if nv == 0:
-                break
-            v = v / nv
-            hv = hvp(v)
-            lam = float(v @ hv)
-            for u in vecs:
-                hv = hv - (u @ hv) * u
-            if lam_prev is not None and abs(lam - lam_prev) <= tol * max(abs(lam), 1e-30):
-                break
-            lam_prev = lam
-            if torch.linalg.norm(hv) == 0:
-                break
-            v = hv
-        vals.append(lam)
-        vecs.append(v / torch.linalg.norm(v))
-    return np.asarray(vals), torch.stack(vecs).numpy()
-
-
-def lanczos(
-    hvp: HVP,
-    dim: int,
-    k: int = 1,
-    *,
-    steps: int | None = None,
-    seed: int = 0,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Top-``k`` eigenpairs (largest ``|lambda|``) by Lanczos with full reorthogonalisation.
-
-    ``steps`` Krylov vectors (default ``min(dim, max(3k, k + 40))``); the Ritz
-    pairs of the tridiagonal matrix approximate the extreme eigenpairs, which
-    converge first. Returns values (k,) sorted by ``|lambda|`` descending and unit
-    vectors (k, dim).
-    """
-    torch = _torch()
-    _check_k(k, dim)
-    m = min(dim, max(3 * k, k + 40)) if steps is None else int(steps)
-    if not k <= m <= dim:
-        raise ConfigError(f"lanczos steps must be in [k={k}, dim={dim}], got {steps!r}")
-    gen = torch.Generator().manual_seed(int(seed))
-    q = torch.randn(dim, generator=gen, dtype=torch.float64)
-    q = q / torch.linalg.norm(q)
-    Q = torch.zeros((m, dim), dtype=torch.float64)
-    alpha = np.zeros(m)
-    beta = np.zeros(m)
-    n = m
-    for j in range(m):
-        Q[j] = q
-        w = hvp(q)
-        alpha[j] = float(q @ w)
-        w = w - alpha[j] * q - (beta[j - 1] * Q[j - 1] if j else 0.0)
-        # full reorthogonalisation (twice is enough): keeps Ritz values free of ghosts
-        for _ in range(2):
-            w = w - Q[: j + 1].T @ (Q[: j + 1] @ w)
-        b = float(torch.linalg.norm(w))
-        if j + 1 < m:
-            if b <= 1e-12 * max(1.0, float(np.abs(alpha[: j + 1]).max())):
-                n = j + 1  # invariant subspace found: exact on it
-                break
-            beta[j] = b
-            q = w / b
-    T = np.diag(alpha[:n]) + np.diag(beta[: n - 1], 1) + np.diag(beta[: n - 1], -1)
-    theta, S = np.linalg.eigh(T)
-    pick = np.argsort(-np.abs(theta), kind="stable")[: min(k, n)]
-    vecs = (torch.as_tensor(S[:, pick].T) @ Q[:n]).numpy()
-    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
-    return theta[pick], vecs
-
-
-def hutchinson_trace(
-    hvp: HVP, dim: int, n_probes: int = 100, *, seed: int = 0
-) -> tuple[float, float]:
-    """``tr(H) ~ mean(z^T H z)`` over Rademacher probes ``z``; returns (estimate, std. error)."""
-    torch = _torch()
-    if not isinstance(n_probes, int) or n_probes < 2:
-        raise ConfigError(f"n_probes must be an integer >= 2, got {n_probes!r}")
-    gen = torch.Generator().manual_seed(int(seed))
-    samples = np.empty(n_probes)
-    for i in range(n_probes):
-        z = torch.randint(0, 2, (dim,), generator=gen).to(torch.float64) * 2 - 1
-        samples[i] = float(z @ hvp(z))
-    return float(samples.mean()), float(samples.std(ddof=1) / math.sqrt(n_probes))
 
 
 # ----------------------------------------------------------------------------- scores

@@ -15,10 +15,7 @@ from edgeml.fault_injection.hessian import (
     FloatMirror,
     LossHessian,
     fkeras_scores,
-    hutchinson_trace,
-    lanczos,
     oracle_ranking,
-    power_iteration,
     random_ranking,
     rank_sites,
     site_deltas,
@@ -54,6 +51,7 @@ from edgeml.golden import (
     TensorInfo,
     Transpose,
 )
+from edgeml.models.analysis.curvature import hutchinson_trace, lanczos, power_iteration
 
 
 @pytest.fixture(autouse=True, scope="module")
