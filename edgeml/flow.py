@@ -5,13 +5,14 @@ stages wrote into the run folder, writes its own artifacts, and records itself
 in ``manifest.json``. The CLI is a thin wrapper over these.
 
     train     float.pt                       float model (built-in designs)
-    compress  model.pt, compress.json        QAT + magnitude pruning + fine-tune
+    compress  model.pt, qat.pt, compress.json  QAT + magnitude pruning + fine-tune
     export    model.qonnx.onnx, golden.txt   QONNX, cleaned; golden model summary
     convert   hls_projects/<design>/, hls.json   hls4ml Vitis project, C-sim compiled
     rtl       rtl/, rtl.json                 Verilog (da4ml), Verilator build, cocotb bench
     verify    verify.json                    golden vs C-sim vs RTL vs Brevitas
     faults    faults/campaign.npz            exhaustive single-bit weight/bias flips
     report    report.html                    self-contained report
+    analyze   analysis/                      curvature, landscapes, CKA (`edgeml analyze`)
 """
 
 from __future__ import annotations
@@ -56,6 +57,9 @@ STAGES: tuple[str, ...] = (
     "faults",
     "report",
 )
+#: Every stage in pipeline order, as reports list them: ``edgeml flow`` runs ``STAGES``;
+#: ``edgeml analyze`` runs alone (it is slower than a flow) and rebuilds the report.
+PIPELINE: tuple[str, ...] = (*STAGES[:-1], "analyze", STAGES[-1])
 
 
 @dataclass
@@ -194,6 +198,8 @@ def stage_compress(ctx: Context) -> dict[str, Any]:
     y_test = sp.targets("test", data)
     qat = zoo.train_qat(sp, data, float_model, c.bit_width, _epochs(ctx, "qat"), ctx.cfg.seed)
     qat_m = zoo.evaluate(sp, qat, data.x_test, y_test)
+    # the unpruned QAT model too: `edgeml analyze` compares float, QAT and pruned
+    zoo.save_checkpoint(sp, qat, ctx.run.file("qat.pt"))
     target = c.sparsity if c.sparsity is not None else sp.sparsity
     pruned = zoo.prune(sp, data, qat, target, _epochs(ctx, "finetune"), ctx.cfg.seed)
     sparsity = zoo.edge_sparsity(sp, pruned)
@@ -212,7 +218,8 @@ def stage_compress(ctx: Context) -> dict[str, Any]:
     info.update({f"qat_{k}": v for k, v in qat_m.items()})
     info.update({f"pruned_{k}": v for k, v in pruned_m.items()})
     write_json(ctx.run.file("compress.json"), info)
-    _record(ctx, "compress", t0, [fpath], [out, ctx.run.file("compress.json")], **info)
+    outputs = [out, ctx.run.file("qat.pt"), ctx.run.file("compress.json")]
+    _record(ctx, "compress", t0, [fpath], outputs, **info)
     log.info(
         "compress: %s QAT %.4f, pruned(%.0f%%) %.4f",
         sp.primary,
@@ -512,8 +519,11 @@ def stage_rtl(ctx: Context) -> dict[str, Any]:
         info["cocotb"] = {
             "vectors": res.n_vectors,
             "mismatches": res.n_mismatches,
+            # the simulation loop only; `seconds` is the whole bench run (simulator and
+            # cocotb start-up included), `build_seconds` the Verilator build (0 if cached)
             "vectors_per_s": res.vectors_per_s,
             "seconds": res.seconds,
+            "build_seconds": res.build_seconds,
         }
         if res.n_mismatches:
             write_json(ctx.run.file("rtl.json"), info)

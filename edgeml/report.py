@@ -15,7 +15,7 @@ import io
 import json
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from edgeml.errors import EdgemlError
+from edgeml.errors import CorruptFileError, EdgemlError
 from edgeml.resources import ResourceEstimate
 
 log = logging.getLogger(__name__)
@@ -85,12 +85,18 @@ class BitExactRow:
 
 @dataclass(frozen=True)
 class ThroughputRow:
-    """Measured inference throughput of one engine (golden, C-sim, Verilator...)."""
+    """Measured inference throughput of one engine (golden, C-sim, Verilator...).
+
+    ``seconds`` is the time the rate is computed from and ``measures`` says what
+    that time includes (e.g. "simulation loop only"), so every engine has one
+    rate and a reader knows what it counts.
+    """
 
     engine: str
     vectors: int
     seconds: float
     notes: str = ""
+    measures: str = ""
 
     @property
     def vectors_per_s(self) -> float:
@@ -118,6 +124,9 @@ class FaultCampaign:
     n_samples: int
     title: str = "Weight and bias bit flips"
     layer_order: Sequence[str] | None = None
+    #: draw the layer x bit heatmap and the top-k table; False when another section
+    #: (``fault_injection.report_section``) already shows richer versions of both
+    detail: bool = True
 
     def __post_init__(self) -> None:
         self.layer = np.asarray(self.layer)
@@ -139,6 +148,39 @@ class FaultCampaign:
         return int(self.layer.shape[0])
 
 
+@dataclass(frozen=True)
+class LevelCheck:
+    """A bit-exactness check outside ``verify.json``'s levels (e.g. the cocotb bench)."""
+
+    name: str
+    vectors: int
+    mismatching_vectors: int
+
+
+@dataclass
+class SummaryCard:
+    """The facts of the card at the top of the report; None = that stage was not run.
+
+    Accuracy and exactness come from :class:`ReportData` (``accuracy``,
+    ``bit_exact``, ``resources``), so the card and the sections below it show the
+    same numbers.
+    """
+
+    latency_cycles: int | None = None
+    #: the latency in ns where a clock is known (e.g. a timing report); else cycles only
+    latency_ns: float | None = None
+    #: bit-exactness checks beyond ``ReportData.bit_exact`` (shown in the exactness line)
+    extra_checks: list[LevelCheck] = field(default_factory=list)
+    #: mean SDC rate (AVF) over every injected single-bit fault, a fraction
+    mean_sdc: float | None = None
+    #: one sentence of protection advice derived from the fault campaign
+    advice: str | None = None
+    #: the analysis stack's one-line summary; None = ``edgeml analyze`` was not run
+    analysis: str | None = None
+    #: the run folder, for the "not run" hint
+    run_folder: str = "<folder>"
+
+
 @dataclass
 class ReportData:
     """Everything the report shows for one design; sections with no data are omitted."""
@@ -157,6 +199,10 @@ class ReportData:
     sections: list[str] = field(default_factory=list)
     #: a warning shown at the top (e.g. an RTL too big to build here)
     warnings: list[str] = field(default_factory=list)
+    #: the summary card at the top; None = no card
+    summary: SummaryCard | None = None
+    #: the analysis section (``analysis_section_html``), rendered after the fault sections
+    analysis_html: str = ""
 
 
 # -------------------------------------------------------------------- aggregation
@@ -344,6 +390,9 @@ max-width:1100px;color:#222;line-height:1.45;padding:0 1em}
 h1{border-bottom:2px solid #345;padding-bottom:.2em}
 h2{margin-top:2em;border-bottom:1px solid #ccc;padding-bottom:.15em;color:#234}
 h3{color:#345}
+.agrid{display:flex;flex-wrap:wrap;gap:14px;align-items:flex-start}
+.afig{flex:0 1 350px;max-width:350px}.afig img{max-width:100%;height:auto}
+.afig h4{margin:.4em 0 .2em;font-size:.95em}
 table{border-collapse:collapse;margin:.6em 0 1.2em;font-size:.92em}
 th,td{border:1px solid #ccc;padding:.3em .7em;text-align:left;vertical-align:top}
 th{background:#eef2f6}
@@ -354,6 +403,16 @@ td.num{text-align:right;font-variant-numeric:tabular-nums}
 .muted{color:#777}
 img.plot{max-width:100%;display:block;margin:.5em 0 1.2em;border:1px solid #eee}
 code{background:#f3f3f3;padding:0 .2em}
+.warn{background:#fff4e0;border-left:4px solid #d08a00;padding:.4em .8em}
+div.card{background:#f4f7fa;border:1px solid #c9d4df;border-radius:6px;padding:.2em 1.2em .6em;
+margin:1em 0 1.5em}
+div.card h2{margin-top:.6em;border:none}
+table.card{border:none;margin:.2em 0;font-size:.98em;width:100%}
+table.card th,table.card td{border:none;background:none;padding:.25em .8em .25em 0}
+table.card th{width:8.5em;color:#345;text-transform:capitalize;white-space:nowrap}
+p.caption{color:#555;font-size:.9em;margin-top:-.8em}
+ul.notes li{white-space:pre-line}
+details{margin:.4em 0}summary{cursor:pointer;color:#345;font-weight:bold}
 """
 
 
@@ -424,9 +483,17 @@ def _section_overview(d: ReportData, generated: str) -> str:
     stamps = {"report generated": generated, **d.timestamps}
     parts.append(_kv_table(stamps, "stage", "timestamp"))
     if d.config:
-        parts.append("<h3>Configuration</h3>" + _kv_table(d.config, "setting", "value"))
+        parts.append(
+            "<details><summary>Configuration</summary>"
+            + _kv_table(d.config, "setting", "value")
+            + "</details>"
+        )
     if d.tool_versions:
-        parts.append("<h3>Tool versions</h3>" + _kv_table(d.tool_versions, "tool", "version"))
+        parts.append(
+            "<details><summary>Tool versions</summary>"
+            + _kv_table(d.tool_versions, "tool", "version")
+            + "</details>"
+        )
     return "\n".join(parts)
 
 
@@ -514,10 +581,13 @@ def _section_campaign(c: FaultCampaign) -> str:
         else "n/a (no labels)",
     }
     parts.append(_kv_table(summary, "quantity", "value"))
-    parts.append(_img(plot_heatmap(c), f"{c.title}: SDC heatmap"))
-    parts.append(_img(plot_per_layer(c), f"{c.title}: per-layer SDC"))
+    if c.detail:  # else the fault section's AVF table and heatmap show these per-layer means
+        parts.append(_img(plot_heatmap(c), f"{c.title}: SDC heatmap"))
+        parts.append(_img(plot_per_layer(c), f"{c.title}: per-layer SDC"))
     if np.isfinite(c.acc_drop).any():  # no labels (e.g. an autoencoder): no accuracy drop
         parts.append(_img(plot_acc_drop_hist(c), f"{c.title}: accuracy drop histogram"))
+    if not c.detail:
+        return "\n".join(parts)
     top = top_sensitive(c, TOP_K)
     layer_str = c.layer.astype(str)
     rows = [
@@ -568,16 +638,253 @@ def _section_resources(r: ResourceEstimate | None) -> str:
     )
 
 
+def _seconds(v: float) -> str:
+    return f"{v:.3f}" if v >= 0.01 else f"{v:.2g}" if v < 1e-4 else f"{v:.5f}"
+
+
 def _section_throughput(rows: list[ThroughputRow]) -> str:
     body = [
-        (t.engine, _fmt(t.vectors), f"{t.seconds:.3f}", f"{t.vectors_per_s:,.0f}", t.notes)
+        (t.engine, _fmt(t.vectors), _seconds(t.seconds), f"{t.vectors_per_s:,.0f}",
+         t.measures or "-", t.notes)
         for t in rows
-    ]
-    return "<h2>Throughput</h2>" + _table(
-        ["engine", "vectors", "seconds", "vectors / s", "notes"],
-        body,
-        [False, True, True, True, False],
+    ]  # fmt: skip
+    return (
+        "<h2>Throughput</h2><p>One rate per engine: vectors divided by the time in the "
+        "<i>seconds</i> column, which covers what <i>time measured</i> says.</p>"
+        + _table(
+            ["engine", "vectors", "seconds", "vectors / s", "time measured", "notes"],
+            body,
+            [False, True, True, True, False, False],
+        )
     )
+
+
+# ------------------------------------------------------------------ summary card
+
+
+def _level_name(comparison: str) -> str:
+    return comparison[len("golden vs ") :] if comparison.startswith("golden vs ") else comparison
+
+
+def exactness_line(rows: Sequence[BitExactRow], extra: Sequence[LevelCheck] = ()) -> str:
+    """Every bit-exactness level in one line of plain text.
+
+    Passing levels are chained with "=" per vector count ("golden = hls4ml C-sim =
+    RTL (Verilator): 0 mismatches / 10,429 vectors"); a failing level says how many
+    vectors differ and the first divergent layer; skipped and approximate
+    (real-valued reference) levels are listed after them.
+    """
+    groups: dict[int, list[str]] = {}
+    fails, skipped, approx = [], [], []
+    checks = [
+        (_level_name(r.comparison), r.vectors, r.mismatching_vectors, r.status, r) for r in rows
+    ]
+    checks += [
+        (c.name, c.vectors, c.mismatching_vectors, "PASS" if c.mismatching_vectors == 0 else "FAIL",
+         None)
+        for c in extra
+    ]  # fmt: skip
+    for name, n, bad, status, row in checks:
+        if status == "PASS" and bad == 0:
+            groups.setdefault(n, []).append(name)
+        elif status == "SKIPPED":
+            skipped.append(name + (f" ({row.reason})" if row is not None and row.reason else ""))
+        elif status == "APPROX":
+            approx.append(
+                f"{name} (max {_fmt(row.max_abs_diff_lsb)} LSB)" if row is not None else name
+            )
+        else:
+            where = (
+                f", first divergent layer {row.first_divergent_layer}"
+                if row is not None and row.first_divergent_layer not in ("", "-")
+                else ""
+            )
+            fails.append(f"FAIL golden ≠ {name}: {bad:,} / {n:,} vectors differ{where}")
+    parts = list(fails)
+    for n, names in sorted(groups.items(), key=lambda kv: -kv[0]):
+        parts.append(f"golden = {' = '.join(names)}: 0 mismatches / {n:,} vectors")
+    if approx:
+        parts.append("approximate reference: " + ", ".join(approx))
+    if skipped:
+        parts.append("skipped: " + ", ".join(skipped))
+    return "; ".join(parts) if parts else "not verified (no verify.json)"
+
+
+def _card_metric(a: AccuracySummary) -> str:
+    def val(v: float | None) -> str:
+        return _pct(v) if a.percent else _fmt(v)
+
+    text = (
+        f"{a.metric}: float {val(a.float_acc)} / QAT {val(a.qat_acc)} / pruned {val(a.pruned_acc)}"
+    )
+    extra = []
+    if a.bit_width is not None:
+        extra.append(f"{a.bit_width}-bit" if isinstance(a.bit_width, int) else str(a.bit_width))
+    if a.sparsity is not None:
+        extra.append(f"{_pct(a.sparsity, 1)} sparse")
+    return text + (f" ({', '.join(extra)})" if extra else "")
+
+
+def summary_card_rows(d: ReportData) -> list[tuple[str, str]]:
+    """The card's (label, plain text) rows, only for the facts the run has."""
+    c = d.summary or SummaryCard()
+    rows = [("design", d.design)]
+    if d.accuracy is not None:
+        rows.append(("metric" if not d.accuracy.percent else "accuracy", _card_metric(d.accuracy)))
+    if d.bit_exact or c.extra_checks:
+        rows.append(("exactness", exactness_line(d.bit_exact, c.extra_checks)))
+    if c.latency_cycles is not None:
+        lat = f"{c.latency_cycles:,} clock cycles"
+        if c.latency_ns is not None:
+            lat += f" ({c.latency_ns:g} ns)"
+        rows.append(("latency", lat))
+    if d.resources is not None:
+        r = d.resources
+        rows.append(
+            (
+                "resources",
+                f"{r.lut:,} LUT, {r.ff:,} FF, {r.dsp:,} DSP, {r.bram:,} BRAM "
+                "(yosys estimate, see below)",
+            )
+        )
+    if c.mean_sdc is not None:
+        rows.append(
+            (
+                "faults",
+                f"mean SDC rate {_pct(c.mean_sdc, 3)}: the chance that one upset in a random "
+                "stored bit corrupts an inference",
+            )
+        )
+    if c.advice:
+        rows.append(("protection", c.advice))
+    rows.append(
+        (
+            "analysis",
+            c.analysis
+            if c.analysis is not None
+            else f"not run (edgeml analyze --run {c.run_folder})",
+        )
+    )
+    return rows
+
+
+def _section_summary(d: ReportData) -> str:
+    body = "".join(
+        f'<tr><th scope="row">{_e(k)}</th><td>{_e(v)}</td></tr>' for k, v in summary_card_rows(d)
+    )
+    return f'<div class="card"><h2>Summary</h2><table class="card">{body}</table></div>'
+
+
+# ------------------------------------------------------------------ analysis section
+
+ANALYSIS_FORMAT = "edgeml-analysis-v1"
+#: the order of the analysis section's subsections, and their headings
+ANALYSIS_SECTIONS: dict[str, str] = {
+    "curvature": "Curvature (Hessian)",
+    "landscape": "Loss landscapes",
+    "topology": "Landscape topology",
+    "similarity": "Representation similarity (CKA)",
+    "robustness": "Metrics against robustness",
+}
+
+
+def _analysis_table(t: Mapping[str, Any], where: str) -> str:
+    head = t.get("head")
+    rows = t.get("rows")
+    if not isinstance(head, list) or not isinstance(rows, list):
+        raise CorruptFileError(f"{where}: a table needs a list 'head' and a list 'rows'")
+    for i, r in enumerate(rows):
+        if not isinstance(r, list) or len(r) != len(head):
+            raise CorruptFileError(
+                f"{where}: table {t.get('title', '?')!r} row {i} has "
+                f"{len(r) if isinstance(r, list) else type(r).__name__} cells, head has {len(head)}"
+            )
+    numeric = [
+        all(isinstance(r[j], int | float) or _looks_numeric(r[j]) for r in rows) and j > 0
+        for j in range(len(head))
+    ]
+    out = f"<h4>{_e(t['title'])}</h4>" if t.get("title") else ""
+    out += _table([str(h) for h in head], [[_fmt(v) for v in r] for r in rows], numeric)
+    if t.get("note"):
+        out += f'<p class="muted">{_e(t["note"])}</p>'
+    return out
+
+
+def _looks_numeric(v: Any) -> bool:
+    try:
+        float(str(v).replace(",", "").replace("%", "").strip())
+    except ValueError:
+        return False
+    return True
+
+
+def _analysis_figure(f: Mapping[str, Any], folder: Path) -> str:
+    title = str(f.get("title", ""))
+    rel = str(f.get("file", ""))
+    path = (folder / rel).resolve()
+    inside = folder.resolve() in path.parents
+    out = f'<div class="afig"><h4>{_e(title)}</h4>' if title else '<div class="afig">'
+    if not rel or not inside or path.suffix.lower() != ".png":
+        out += f'<p class="muted">Figure file {_e(rel)!s} is not a PNG inside analysis/.</p>'
+    elif not path.is_file():
+        out += f'<p class="muted">Figure file analysis/{_e(rel)} is missing.</p>'
+    else:
+        b64 = base64.b64encode(path.read_bytes()).decode("ascii")
+        out += _img(b64, title or rel)
+    if f.get("caption"):
+        out += f'<p class="caption">{_e(f["caption"])}</p>'
+    return out + "</div>"
+
+
+def analysis_section_html(doc: Mapping[str, Any], folder: Path) -> str:
+    """The "Curvature, landscapes and representations" section from ``analysis.json``.
+
+    ``doc`` is the parsed ``analysis/analysis.json`` (format ``edgeml-analysis-v1``)
+    and ``folder`` the ``analysis/`` folder its figure paths are relative to. Per
+    subsection (curvature, landscape, topology, similarity, robustness) its tables,
+    then its figures, embedded as base64; a table without a ``section`` key is shown
+    before the subsections, a missing PNG as a short note. A document of another
+    format, or with an unknown section name, raises :class:`CorruptFileError`.
+    """
+    where = str(Path(folder) / "analysis.json")
+    if not isinstance(doc, Mapping) or doc.get("format") != ANALYSIS_FORMAT:
+        got = doc.get("format") if isinstance(doc, Mapping) else type(doc).__name__
+        raise CorruptFileError(f"{where}: format must be {ANALYSIS_FORMAT!r}, got {got!r}")
+    tables = doc.get("tables", []) or []
+    figures = doc.get("figures", []) or []
+    if not isinstance(tables, list) or not isinstance(figures, list):
+        raise CorruptFileError(f"{where}: 'tables' and 'figures' must be lists")
+    by_section: dict[str | None, list[str]] = {None: [], **{k: [] for k in ANALYSIS_SECTIONS}}
+    figs_by_section: dict[str | None, list[str]] = {k: [] for k in by_section}
+    for kind, items in (("table", tables), ("figure", figures)):
+        for item in items:
+            if not isinstance(item, Mapping):
+                raise CorruptFileError(f"{where}: each {kind} must be an object")
+            sec = item.get("section")
+            if kind == "figure" and sec is None:
+                raise CorruptFileError(f"{where}: figure {item.get('file')!r} has no 'section'")
+            if sec is not None and sec not in ANALYSIS_SECTIONS:
+                raise CorruptFileError(
+                    f"{where}: {kind} {item.get('title', '?')!r} has section {sec!r}; allowed: "
+                    + ", ".join(ANALYSIS_SECTIONS)
+                )
+            if kind == "table":
+                by_section[sec].append(_analysis_table(item, where))
+            else:
+                figs_by_section[sec].append(_analysis_figure(item, Path(folder)))
+    parts = ["<h2>Curvature, landscapes and representations</h2>"]
+    summary = doc.get("summary")
+    sentence = summary.get("sentence") if isinstance(summary, Mapping) else None
+    if sentence:
+        parts.append(f"<p>{_e(sentence)}</p>")
+    parts.extend(by_section[None])
+    for key, heading in ANALYSIS_SECTIONS.items():
+        if by_section[key] or figs_by_section[key]:
+            parts.append(f"<h3>{_e(heading)}</h3>")
+            parts.extend(by_section[key])
+            if figs_by_section[key]:  # side by side, wrapping
+                parts.append('<div class="agrid">' + "".join(figs_by_section[key]) + "</div>")
+    return "\n".join(parts)
 
 
 def render_html(data: ReportData, *, generated: str | None = None) -> str:
@@ -589,9 +896,11 @@ def render_html(data: ReportData, *, generated: str | None = None) -> str:
         f"<title>edgeml report: {_e(data.design)}</title>",
         f"<style>{_CSS}</style></head><body>",
         f"<h1>edgeml report: {_e(data.design)}</h1>",
-        _section_overview(data, generated),
     ]
     parts.extend(f'<p class="warn"><b>Warning:</b> {_e(w)}</p>' for w in data.warnings)
+    if data.summary is not None:
+        parts.append(_section_summary(data))
+    parts.append(_section_overview(data, generated))
     if data.accuracy is not None:
         parts.append(_section_accuracy(data.accuracy))
     if data.bit_exact:
@@ -605,12 +914,16 @@ def render_html(data: ReportData, *, generated: str | None = None) -> str:
         )
         parts.extend(_section_campaign(c) for c in data.fault_campaigns)
     parts.extend(data.sections)
+    if data.analysis_html:
+        parts.append(data.analysis_html)
     parts.append(_section_resources(data.resources))
     if data.throughput:
         parts.append(_section_throughput(data.throughput))
     if data.notes:
         parts.append(
-            "<h2>Notes</h2><ul>" + "".join(f"<li>{_e(n)}</li>" for n in data.notes) + "</ul>"
+            '<h2>Notes</h2><ul class="notes">'
+            + "".join(f"<li>{_e(n)}</li>" for n in data.notes)
+            + "</ul>"
         )
     parts.append("</body></html>")
     return "\n".join(parts)

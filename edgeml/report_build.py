@@ -7,14 +7,18 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from edgeml.errors import EdgemlError
 from edgeml.manifest import read_json
 from edgeml.report import (
     STATUSES,
     AccuracySummary,
     BitExactRow,
     FaultCampaign,
+    LevelCheck,
     ReportData,
+    SummaryCard,
     ThroughputRow,
+    analysis_section_html,
     write_report,
 )
 from edgeml.resources import ResourceEstimate
@@ -25,6 +29,128 @@ if TYPE_CHECKING:
 
 def _maybe(path: Path) -> Any:
     return read_json(path) if path.exists() else None
+
+
+def pipeline_order() -> tuple[str, ...]:
+    """The stages in pipeline order (``edgeml.flow.PIPELINE``: the flow's, plus ``analyze``)."""
+    from edgeml.flow import PIPELINE
+
+    return PIPELINE
+
+
+def order_stages(names: Any) -> list[str]:
+    """``names`` in pipeline order; names the pipeline does not know keep their order, last."""
+    order = {s: i for i, s in enumerate(pipeline_order())}
+    names = list(names)
+    return sorted(names, key=lambda n: (order.get(n, len(order)), names.index(n)))
+
+
+#: what each verify level's ``seconds`` covers (edgeml.verify.run_level times the predict call)
+_LEVEL_MEASURES = {
+    "hls4ml C-sim": "compiled C++ emulation, prediction call only (excl. compilation)",
+    "RTL (Verilator)": "Verilator batch harness run (excl. the Verilator build)",
+    "trained Brevitas model": "PyTorch forward pass only",
+}
+
+
+def throughput_rows(verify: dict[str, Any] | None, rtl: dict[str, Any]) -> list[ThroughputRow]:
+    """One :class:`ThroughputRow` per engine from ``verify.json`` and ``rtl.json``.
+
+    The cocotb rate is ``rtl.json``'s own ``cocotb.vectors_per_s`` (checked outputs
+    per second of the simulated streaming loop); the bench's whole wall time, which
+    adds the simulator start-up, is a note, not a second rate.
+    """
+    rows: list[ThroughputRow] = []
+    if verify:
+        n = int(verify["vectors"])
+        rows.append(
+            ThroughputRow(
+                "golden model (numpy)",
+                n,
+                n / max(float(verify["golden_vectors_per_s"]), 1e-9),
+                measures="batch inference only",
+            )
+        )
+        for lv in verify["levels"]:
+            if lv["status"] != "SKIPPED" and lv.get("seconds"):
+                rows.append(
+                    ThroughputRow(
+                        lv["level"],
+                        lv["vectors"],
+                        lv["seconds"],
+                        measures=_LEVEL_MEASURES.get(
+                            lv["level"], "prediction call only (excl. build)"
+                        ),
+                    )
+                )
+    cocotb = rtl.get("cocotb")
+    if cocotb:
+        n, rate = int(cocotb["vectors"]), float(cocotb.get("vectors_per_s") or 0.0)
+        bench = "cycle-level protocol bench (reset, valid handshake, random bubbles)"
+        if rate > 0:
+            rows.append(
+                ThroughputRow(
+                    "cocotb bench (Verilator)",
+                    n,
+                    n / rate,
+                    f"{bench}; the whole bench run took {float(cocotb['seconds']):.3f} s "
+                    "with simulator and cocotb start-up",
+                    measures="simulated streaming loop only (excl. build and start-up)",
+                )
+            )
+        else:
+            rows.append(
+                ThroughputRow(
+                    "cocotb bench (Verilator)",
+                    n,
+                    float(cocotb["seconds"]),
+                    bench,
+                    measures="whole bench run incl. simulator start-up (excl. build)",
+                )
+            )
+    return rows
+
+
+def summary_card(
+    run_dir: Path,
+    rtl: dict[str, Any],
+    fault_analysis: dict[str, Any] | None,
+    faults_summary: dict[str, Any],
+    analysis: dict[str, Any] | None,
+    analysis_error: str | None = None,
+) -> SummaryCard:
+    """The card's own facts (latency, cocotb check, fault advice, analysis) from the JSON files.
+
+    Accuracy, bit-exactness and resources come from the sections' data, so the
+    card repeats their numbers instead of recomputing them.
+    """
+    from edgeml.fault_injection.report_section import mean_sdc_rate, protection_advice
+
+    card = SummaryCard(run_folder=str(run_dir))
+    lat = rtl.get("latency_cycles")
+    if lat is not None and not rtl.get("skipped"):
+        card.latency_cycles = int(lat)
+        if rtl.get("latency_ns") is not None:
+            card.latency_ns = float(rtl["latency_ns"])
+        elif rtl.get("clock_period_ns") is not None:
+            card.latency_ns = float(rtl["clock_period_ns"]) * int(lat)
+    cocotb = rtl.get("cocotb")
+    if cocotb:
+        card.extra_checks.append(
+            LevelCheck("cocotb bench", int(cocotb["vectors"]), int(cocotb["mismatches"]))
+        )
+    if fault_analysis:
+        card.mean_sdc = mean_sdc_rate(fault_analysis)
+        card.advice = protection_advice(fault_analysis) or None
+    elif faults_summary.get("mean_sdc_rate") is not None:
+        card.mean_sdc = float(faults_summary["mean_sdc_rate"])
+    if analysis is not None:
+        summary = analysis.get("summary")
+        sentence = summary.get("sentence") if isinstance(summary, dict) else None
+        card.analysis = str(sentence or "see “Curvature, landscapes and representations” below")
+    elif analysis_error:
+        card.analysis = f"analysis/analysis.json not shown: {analysis_error}"
+    return card
 
 
 def build_report(ctx: Context) -> Path:
@@ -52,7 +178,7 @@ def build_report(ctx: Context) -> Path:
         )
 
     rows: list[BitExactRow] = []
-    throughput: list[ThroughputRow] = []
+    throughput = throughput_rows(verify, rtl)
     # stages of this flow run that failed after verify (edgeml.flow.run_flow keeps going)
     notes: list[str] = [
         f"FAILED: the {stage} stage of this run failed ({msg}); any {stage} results shown "
@@ -63,9 +189,6 @@ def build_report(ctx: Context) -> Path:
         n = verify["vectors"]
         src = ", ".join(f"{k}: {v}" for k, v in verify.get("sources", {}).items())
         notes.append(f"Verification vectors: {n} ({src}).")
-        throughput.append(
-            ThroughputRow("golden model (numpy)", n, n / max(verify["golden_vectors_per_s"], 1e-9))
-        )
         for lv in verify["levels"]:
             rows.append(
                 BitExactRow(
@@ -79,8 +202,6 @@ def build_report(ctx: Context) -> Path:
                     reason=lv.get("note", ""),
                 )
             )
-            if lv["status"] != "SKIPPED" and lv.get("seconds"):
-                throughput.append(ThroughputRow(lv["level"], lv["vectors"], lv["seconds"]))
         for a in verify.get("approximations", []):
             notes.append(f"Fixed-point approximation: {a}")
         for d in verify.get("drift", []):
@@ -88,16 +209,6 @@ def build_report(ctx: Context) -> Path:
                 f"CHANGED since the {d['stage']} stage wrote it: {d['file']} (verify checked the "
                 "file as it is on disk; see the table above for whether it still matches)."
             )
-    cocotb = rtl.get("cocotb")
-    if cocotb:
-        throughput.append(
-            ThroughputRow(
-                "cocotb bench (Verilator)",
-                cocotb["vectors"],
-                cocotb["seconds"],
-                "cycle-level protocol bench incl. reset and valid handshake",
-            )
-        )
     if rtl.get("skipped"):
         notes.append(f"RTL not built: {rtl['skipped']}")
     elif rtl:
@@ -115,6 +226,8 @@ def build_report(ctx: Context) -> Path:
     for change in ingest.get("changes", []):
         notes.append(f"Ingestion of {Path(str(ingest.get('source'))).name}: {change}")
 
+    fdir = run.file("faults")
+    fault_analysis = _maybe(fdir / "analysis.json")
     campaigns: list[FaultCampaign] = []
     camp_path = run.file("faults") / "campaign.npz"
     if camp_path.exists():
@@ -137,27 +250,29 @@ def build_report(ctx: Context) -> Path:
                 n_samples=int(res.n_samples),
                 title="Exhaustive single-bit flips of every stored bit: weights, biases, lookup tables (golden model)",
                 layer_order=[f"{n}/{p}" for n in res.layer_names for p in ("weight", "bias")],
+                # the fault section below draws the richer heatmap and top-k table
+                detail=fault_analysis is None,
             )
         )
         throughput.append(
             ThroughputRow(
-                "fault campaign (faults)",
+                "fault campaign (golden model)",
                 len(res.sdc_rate),
                 float(res.seconds),
-                f"{res.n_samples} samples per fault",
+                f"faults, not vectors: {res.n_samples} samples per fault",
+                measures="injection and inference loop (excl. the sensitivity analysis)",
             )
         )
         if faults_summary.get("sample_source"):
             notes.append(f"Fault campaign samples: {faults_summary['sample_source']}.")
 
     sections: list[str] = []
-    fdir = run.file("faults")
-    if (fdir / "analysis.json").exists():
+    if fault_analysis is not None:
         from edgeml.fault_injection.report_section import fault_section_html
 
         sections.append(
             fault_section_html(
-                read_json(fdir / "analysis.json"),
+                fault_analysis,
                 ber=_maybe(fdir / "ber.json"),
                 estimate=_maybe(fdir / "estimate.json"),
                 binfi=_maybe(fdir / "binfi.json"),
@@ -178,9 +293,22 @@ def build_report(ctx: Context) -> Path:
     elif isinstance(r, dict) and "error" in r:
         notes.append(f"Resource estimate failed: {r['error']}")
 
+    warnings: list[str] = []
+    analysis_html = ""
+    adir = run.file("analysis")
+    analysis, analysis_error = None, None
+    if (adir / "analysis.json").exists():
+        try:
+            analysis = read_json(adir / "analysis.json")
+            analysis_html = analysis_section_html(analysis, adir)
+        except EdgemlError as exc:  # a broken analysis file must not cost the whole report
+            warnings.append(f"analysis section not shown: {exc}")
+            analysis, analysis_error = None, "unreadable (see the warning above)"
+
     versions = {}
     timestamps = {}
-    for name, st in stages.items():
+    for name in order_stages(stages):
+        st = stages[name]
         versions.update(st.get("tool_versions", {}))
         timestamps[name] = f"{st.get('started', '?')} ({st.get('seconds', 0):.1f} s)"
     golden_txt = run.file("golden.txt")
@@ -199,5 +327,10 @@ def build_report(ctx: Context) -> Path:
         throughput=throughput,
         notes=notes,
         sections=sections,
+        warnings=warnings,
+        summary=summary_card(
+            run.path, rtl, fault_analysis, faults_summary, analysis, analysis_error
+        ),
+        analysis_html=analysis_html,
     )
     return write_report(run.file("report.html"), data)

@@ -57,6 +57,79 @@ def _interval(d: Mapping[str, Any] | None, digits: int = 2) -> str:
     return f"{_pct(d['value'], digits)} [{_pct(d['lo'], digits)}, {_pct(d['hi'], digits)}]"
 
 
+# ------------------------------------------------------------------- advice (one truth)
+
+
+def mean_sdc_rate(analysis: Mapping[str, Any]) -> float:
+    """Mean SDC rate (AVF) over every injected fault: the number the AVF table shows."""
+    return float(analysis["avf"]["avf"])
+
+
+def _bit_ranges(bits: Sequence[int]) -> str:
+    """``[13, 14, 15, 5]`` -> ``"5, 13-15"``."""
+    runs: list[list[int]] = []
+    for b in sorted(bits):
+        if runs and runs[-1][1] == b - 1:
+            runs[-1][1] = b
+        else:
+            runs.append([b, b])
+    return ", ".join(f"{a}" if a == z else f"{a}-{z}" for a, z in runs)
+
+
+def protection_advice(analysis: Mapping[str, Any], ranking: str = "hessian") -> str:
+    """One sentence of protection advice from :func:`analyse_campaign`'s dict.
+
+    Names the layer/parameter with the largest share of the SDC, the bit
+    positions (per parameter kind) that together carry at least half of it, and
+    what protecting the top ``top_frac`` of bits in ``ranking``'s order removes
+    (beside the oracle's best possible). The fault section and the report's
+    summary card both print this sentence.
+    """
+    top_frac = float(analysis.get("top_frac", 0.05))
+    bits = f"{100 * top_frac:g} %"
+    parts: list[str] = []
+    per_layer = analysis.get("avf", {}).get("per_layer") or {}
+    shares = {k: v.get("sdc_share") for k, v in per_layer.items() if v.get("sdc_share") is not None}
+    if shares:
+        worst = max(shares, key=lambda k: float(shares[k]))
+        parts.append(f"the largest share of the SDC ({_pct(shares[worst], 1)}) sits in {worst}")
+    per_bit = analysis.get("per_bit") or {}
+    cells = [
+        (p, int(b), float(v["count"]) * float(v["mean_sdc"]))
+        for p, d in per_bit.items()
+        for b, v in d.items()
+    ]
+    total = sum(c[2] for c in cells)
+    if total > 0:
+        cells.sort(key=lambda c: -c[2])
+        chosen, acc = [], 0.0
+        for c in cells:
+            chosen.append(c)
+            acc += c[2]
+            if acc >= 0.5 * total:
+                break
+        kinds = dict.fromkeys(c[0] for c in chosen)
+        where = " and ".join(
+            f"{k} bit{'s' if len([c for c in chosen if c[0] == k]) > 1 else ''} "
+            + _bit_ranges([c[1] for c in chosen if c[0] == k])
+            for k in kinds
+        )
+        verb = "carries" if len(chosen) == 1 else "carry"
+        parts.append(f"{where} {verb} {_pct(acc / total, 1)} of it")
+    rk = (analysis.get("rankings") or {}).get(ranking, {})
+    orc = (analysis.get("rankings") or {}).get("oracle", {})
+    if rk.get("top_share") is not None:
+        best = f" (best possible: {_pct(orc['top_share'], 1)})" if orc.get("top_share") else ""
+        parts.append(
+            f"protecting (TMR) the top {bits} of bits, as ranked by "
+            f"{_LABELS.get(ranking, ranking)}, removes {_pct(rk['top_share'], 1)} of the SDC{best}"
+        )
+    if not parts:
+        return ""
+    text = "; ".join(parts)
+    return text[:1].upper() + text[1:] + "."
+
+
 # ----------------------------------------------------------------------------- plots
 
 
@@ -303,15 +376,13 @@ def fault_section_html(
         a = analysis
         top_frac = float(a.get("top_frac", 0.05))
         hs = a["rankings"].get("hessian", {})
-        orc = a["rankings"].get("oracle", {})
         parts.append(
             "<p>Single-bit flips of every stored bit (weights, biases, lookup tables) "
             f"({_fmt(a['n_sites'])} faults x {_fmt(a['n_samples'])} samples). "
             "AVF = mean SDC rate: the chance that one upset in a random bit corrupts a "
-            "random inference's top-1 class. Protecting the Hessian ranking's top "
-            f"{100 * top_frac:g} % of bits removes <b>{_pct(hs.get('top_share'), 1)}</b> "
-            f"of the SDC (oracle: {_pct(orc.get('top_share'), 1)}); Spearman ρ with the "
-            f"measured SDC rate {_fmt(hs.get('spearman'), 3)}.</p>"
+            f"random inference's top-1 class; here <b>{_pct(mean_sdc_rate(a), 3)}</b>.</p>"
+            f"<p><b>Protection advice.</b> {_e(protection_advice(a))} The Hessian ranking's "
+            f"Spearman ρ with the measured SDC rate is {_fmt(hs.get('spearman'), 3)}.</p>"
         )
         parts.append(_avf_table(a["avf"]))
         parts.append(_img(plot_layer_bit_heatmap(a["heatmap"]), "SDC heatmap per layer and bit"))
