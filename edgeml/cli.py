@@ -157,7 +157,109 @@ def _parser() -> argparse.ArgumentParser:
 
     add_sweep_parser(sub)
     add_quantize_parser(sub)
+    _add_analyze_parser(sub)
     return p
+
+
+_ANALYZE_HELP = (
+    "curvature, loss landscapes and their topology, CKA: of a run folder, or across a sweep "
+    "against measured fault robustness -> analysis/"
+)
+
+
+def _add_analyze_parser(sub: Any) -> None:
+    a = sub.add_parser(
+        "analyze",
+        help=_ANALYZE_HELP,
+        description=_ANALYZE_HELP
+        + ". --run: the float, QAT and pruned models of a built-in design's run folder "
+        "(Hessian eigenvalues, traces, spectral density, Fisher trace; 2-D landscapes of the "
+        "torch models and of the integer design through the golden model; merge trees; CKA; "
+        "float-to-QAT mode connectivity) -> <run>/analysis/analysis.json, figures, and the "
+        "report rebuilt. --sweep: every point of an `edgeml sweep` re-trained as the sweep "
+        "trained it, measured by the same metrics and by fault robustness (mean SDC rate, "
+        "accuracy at BER 1e-3, accuracy under input noise), on Dask, resumable -> "
+        "<sweep>/analysis/sweep_analysis.{json,html} with rank correlations.",
+        epilog="Examples:\n  edgeml analyze --run runs/jet\n"
+        "  edgeml analyze --sweep runs/sweeps/jet --workers 2\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    where = a.add_mutually_exclusive_group(required=True)
+    where.add_argument("--run", type=Path, metavar="DIR", help="a run folder (edgeml flow)")
+    where.add_argument("--sweep", type=Path, metavar="DIR", help="a sweep folder (edgeml sweep)")
+    a.add_argument("--samples", type=int, help="test samples for curvature/landscapes (2000)")
+    a.add_argument("--points", type=int, help="landscape grid per axis (run 51, sweep 21)")
+    a.add_argument("--span", type=float, help="landscape half-width, filter-normalised units (1)")
+    a.add_argument("--eigen", type=int, dest="k", help="top Hessian eigenpairs (4)")
+    a.add_argument("--matvecs", type=int, help="Hessian-vector products per trace estimate (60)")
+    a.add_argument(
+        "--topology",
+        choices=("auto", "landscaper", "gudhi"),
+        help="merge-tree backend: LBNL's landscaper or gudhi (auto: landscaper for run "
+        "landscapes when installed, gudhi for sweep points)",
+    )
+    a.add_argument("--fault-samples", type=int, help="sweep: samples per fault (500)")
+    a.add_argument("--seed", type=int, help="seed of directions and probes (0)")
+    a.add_argument("--device", help="cpu (default; deterministic) or cuda")
+    a.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="sweep: local Dask worker processes (default 1: serial, in this process)",
+    )
+    a.add_argument("--scheduler", metavar="ADDRESS", help="sweep: an existing Dask cluster instead")
+    a.add_argument(
+        "--resume",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="sweep: skip points already in <sweep>/analysis/points (default: on)",
+    )
+    a.add_argument("-q", "--quiet", action="store_true", help="no progress bar, warnings only")
+    a.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def _analyze_main(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from edgeml.models.analysis.run import (
+        AnalysisOptions,
+        analyze_run,
+        analyze_sweep,
+        format_correlations,
+    )
+
+    given = {
+        k: getattr(args, k)
+        for k in ("samples", "points", "span", "k", "matvecs", "topology", "seed", "device")
+        if getattr(args, k) is not None
+    }
+    if args.fault_samples is not None:
+        given["fault_samples"] = args.fault_samples
+    if args.sweep is not None and "points" not in given:
+        given["points"] = 21
+    opts = replace(AnalysisOptions(progress=not args.quiet), **given)
+    if args.run is not None:
+        res = analyze_run(args.run, opts)
+        print(res.doc["summary"]["sentence"])
+        print(f"edgeml analyze: {res.path}; report {args.run / 'report.html'}")
+        return EXIT_OK
+    if args.scheduler is not None and args.workers != 1:
+        raise _UsageError("give either --workers (a local cluster) or --scheduler, not both")
+    if not args.verbose:
+        from edgeml.sweep import quiet_dask
+
+        logging.getLogger("edgeml.models").setLevel(logging.WARNING)  # per-epoch training logs
+        quiet_dask()
+    doc = analyze_sweep(
+        args.sweep, opts, workers=args.workers, scheduler=args.scheduler, resume=args.resume
+    )
+    print(format_correlations(doc))
+    print(
+        f"edgeml analyze: {len(doc['points'])} points ({doc['stats']['cached']} cached) in "
+        f"{doc['wall_seconds']} s [{doc['mode']}]; "
+        f"{args.sweep / 'analysis' / 'sweep_analysis.html'}"
+    )
+    return EXIT_OK
 
 
 FAULTS_DESCRIPTION = """\
@@ -579,6 +681,14 @@ def main(argv: list[str] | None = None) -> int:
         from edgeml.sweep import run_sweep_command
 
         return run_sweep_command(args)
+    if args.command == "analyze":
+        try:
+            return _analyze_main(args)
+        except _UsageError as exc:
+            print(f"edgeml analyze: error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        except BaseException as exc:
+            return _exit_code(exc, "finished sweep points are cached; rerun to resume")
     if args.command == "quantize":
         from edgeml.quantize import quantize_main
 

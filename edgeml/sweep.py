@@ -70,6 +70,8 @@ PROGRESS_TOPIC = "edgeml-sweep-point"
 SCHEDULER_TIMEOUT_S = 20
 
 Point = dict[str, Any]
+#: ``(spec, data, float_model, qat_model, pruned_model, point) -> JSON-able dict``
+PointHook = Callable[[Any, Any, Any, Any, Any, Point], dict[str, Any]]
 
 
 def default_workers() -> int:
@@ -104,6 +106,12 @@ class SweepConfig:
     out: Path | None = None
     resume: bool = True
     progress: bool = True
+    #: called on every finished point with ``(spec, data, float, qat, pruned, point)``; its
+    #: JSON-able result is stored as ``point["analysis"]`` (``edgeml analyze --sweep``). A
+    #: module-level function, so that Dask can ship it to the workers.
+    point_hook: PointHook | None = None
+    #: where points are cached, relative to ``out``
+    points_subdir: str = "points"
 
     def __post_init__(self) -> None:
         from edgeml.models import zoo
@@ -313,10 +321,12 @@ def run_chain_task(
     epochs: dict[str, int],
     float_result: dict[str, Any],
     on_point: Callable[[Point], None] | None = None,
+    point_hook: PointHook | None = None,
 ) -> list[Point]:
     """QAT at ``bits`` from the seed's float model, then prune + fine-tune each sparsity.
 
     Returns one point record per sparsity; ``on_point`` is called as each finishes.
+    ``point_hook`` (see :attr:`SweepConfig.point_hook`) adds ``point["analysis"]``.
     """
     import torch
 
@@ -358,6 +368,8 @@ def run_chain_task(
                 "qat_seconds": qat_seconds,
                 "float_seconds": float(float_result["seconds"]),
             }
+            if point_hook is not None:
+                point["analysis"] = point_hook(spec, data, float_model, qat, pruned, point)
             points.append(point)
             if on_point is not None:
                 on_point(point)
@@ -455,9 +467,20 @@ def sweep(cfg: SweepConfig) -> SweepResult:
 
     t_start = time.perf_counter()
     spec = zoo.get(cfg.design)
+    points, stats, mode = run_points(cfg)
+    summary = summarize(points, spec.primary, spec.higher_is_better)
+    wall = time.perf_counter() - t_start
+    result = SweepResult(cfg, points, summary, stats, mode, wall)
+    result.files = write_outputs(result, spec.title, cfg.epochs())
+    return result
+
+
+def run_points(cfg: SweepConfig) -> tuple[list[Point], SweepStats, str]:
+    """Train (or read from the cache) every grid point: ``(points in grid order, stats, mode)``."""
     epochs = cfg.epochs()
     out = cfg.out_dir
-    points_dir = out / "points"
+    points_dir = out / cfg.points_subdir
+    need = ("analysis",) if cfg.point_hook is not None else ()
     points_dir.mkdir(parents=True, exist_ok=True)
     grid = cfg.grid()
     stats = SweepStats(points=len(grid))
@@ -466,7 +489,7 @@ def sweep(cfg: SweepConfig) -> SweepResult:
     if cfg.resume:
         for seed, bits, sp in grid:
             key = point_key(cfg.design, seed, bits, sp, epochs)
-            cached = _read_point(points_dir / f"{key}.json", key)
+            cached = _read_point(points_dir / f"{key}.json", key, need)
             if cached is not None:
                 done[key] = cached
     stats.cached = len(done)
@@ -488,7 +511,8 @@ def sweep(cfg: SweepConfig) -> SweepResult:
     )  # fmt: skip
 
     keys = {point_key(cfg.design, s, b, p, epochs) for s, b, p in grid}
-    progress = _PointSink(points_dir, keys, len(done), f"sweep {cfg.design}", cfg.progress)
+    desc = f"{'analyze' if cfg.point_hook is not None else 'sweep'} {cfg.design}"
+    progress = _PointSink(points_dir, keys, len(done), desc, cfg.progress)
 
     def finish_chain(points: list[Point]) -> None:
         for p in points:
@@ -512,11 +536,7 @@ def sweep(cfg: SweepConfig) -> SweepResult:
         progress.close()
 
     points = [done[point_key(cfg.design, s, b, p, epochs)] for s, b, p in grid]
-    summary = summarize(points, spec.primary, spec.higher_is_better)
-    wall = time.perf_counter() - t_start
-    result = SweepResult(cfg, points, summary, stats, mode, wall)
-    result.files = write_outputs(result, spec.title, epochs)
-    return result
+    return points, stats, mode
 
 
 def _run_serial(
@@ -540,6 +560,7 @@ def _run_serial(
             epochs,
             floats[seed],
             on_point=progress.add,
+            point_hook=cfg.point_hook,
         )
         finish_chain(points)
     return len({seed for seed, _, _ in chains})
@@ -608,6 +629,7 @@ def _run_dask(
                 epochs,
                 floats[seed],
                 _publish_point,
+                cfg.point_hook,
                 key=f"edgeml-sweep-chain-{cfg.design}-s{seed}-b{bits}-{tag}",
             )
             for seed, bits, todo in chains
@@ -668,8 +690,10 @@ _NUMERIC_FIELDS = ("seed", "bits", "sparsity", "metric", "float_metric", "qat_me
                    "measured_sparsity", "seconds")  # fmt: skip
 
 
-def _read_point(path: Path, key: str) -> Point | None:
-    """A cached point, or None (missing, or unreadable: then it is recomputed, with a warning)."""
+def _read_point(path: Path, key: str, need: Sequence[str] = ()) -> Point | None:
+    """A cached point, or None (missing, or unreadable: then it is recomputed, with a warning).
+
+    ``need`` names fields the point must also have (e.g. ``analysis``)."""
     if not path.is_file():
         return None
     try:
@@ -679,6 +703,7 @@ def _read_point(path: Path, key: str) -> Point | None:
             and point.get("format") == POINT_FORMAT
             and point.get("key") == key
             and all(isinstance(point.get(k), int | float) for k in _NUMERIC_FIELDS)
+            and all(k in point for k in need)
         )
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         ok = False
@@ -1129,7 +1154,7 @@ def config_from_args(args: argparse.Namespace) -> SweepConfig:
     )
 
 
-def _quiet_dask() -> None:
+def quiet_dask() -> None:
     """Keep Dask's INFO chatter (cluster start/stop) off the progress bar."""
     try:
         import distributed  # noqa: F401 - its import installs its own logging levels
@@ -1146,7 +1171,7 @@ def run_sweep_command(args: argparse.Namespace) -> int:
     try:
         cfg = config_from_args(args)
         if not args.verbose and (cfg.scheduler is not None or cfg.workers > 1):
-            _quiet_dask()
+            quiet_dask()
         result = sweep(cfg)
     except EdgemlError as exc:
         print(f"edgeml: error: {exc}", file=sys.stderr)
