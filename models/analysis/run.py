@@ -224,6 +224,22 @@ def topology_numbers(topo: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def landscape_with_tree(l2d: Any, tree: dict[str, Any]) -> Any:
+    """One figure: a 2-D slice's contour plot (left) and its merge tree (right)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from edgeml.models.analysis import landscape, topology
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.4))
+    landscape.plot_contour(l2d, ax=a)
+    topology.plot_merge_tree(tree, ax=b)
+    fig.tight_layout()
+    return fig
+
+
 def topology_tree_wanted(points: int) -> bool:
     """Merge trees are drawn for run-folder landscapes only (sweep points need numbers)."""
     return points >= 21
@@ -552,6 +568,20 @@ def analyze_run(run_dir: str | Path, opts: AnalysisOptions | None = None) -> Run
                 "caption": "The same slice as a 3-D surface.",
             },
         ]
+        if art["tree"] is not None and label == "pruned":  # the design that ships
+            figures.append(
+                {
+                    "section": "topology",
+                    "title": "The shipped model's landscape beside its merge tree",
+                    "file": _png(
+                        landscape_with_tree(art["landscape"], art["tree"]),
+                        out / "landscape_tree_pruned.png",
+                    ),
+                    "caption": "Left: the 2-D loss slice of the pruned QAT model; right: its "
+                    "sublevel-set merge tree (minima deeper than 1 % of the loss range), each "
+                    "leaf a basin of the slice.",
+                }
+            )
         if art["tree"] is not None:
             figures.append(
                 {
@@ -894,12 +924,15 @@ def _sweep_figures(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     out.mkdir(parents=True, exist_ok=True)
     files = []
     bits = np.array([p["bits"] for p in points])
     for rkey, rlabel, _ in ROBUSTNESS:
-        fig, axes = plt.subplots(2, 4, figsize=(16, 7.5))
+        fig, axes = plt.subplots(
+            2, 4, figsize=(16, 8.6), gridspec_kw={"hspace": 0.55, "wspace": 0.28}
+        )
         r = np.array([_robustness_value(p["analysis"]["robustness"], rkey) for p in points])
         for ax, (mkey, mlabel) in zip(axes.ravel(), SWEEP_METRICS, strict=False):
             m = np.array([p["analysis"].get(mkey, np.nan) for p in points], float)
@@ -910,14 +943,16 @@ def _sweep_figures(
                 f"[{_fmt(row['ci'][0], 2)}, {_fmt(row['ci'][1], 2)}]",
                 fontsize=9,
             )
-            ax.set_ylabel(rlabel, fontsize=8)
+            if ax in axes[:, 0]:
+                ax.set_ylabel(rlabel, fontsize=8)
             ax.tick_params(labelsize=7)
             if mkey in ("top_eigenvalue", "trace", "fisher_trace") and np.nanmin(m) > 0:
                 ax.set_xscale("log")
+                ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         fig.colorbar(sc, ax=axes, label="bits", shrink=0.6)
         fig.suptitle(f"{rlabel} against each analysis metric (one dot per sweep point)")
         name = f"scatter_{rkey}.png"
-        fig.savefig(out / name, dpi=100, bbox_inches="tight")
+        fig.savefig(out / name, dpi=90, bbox_inches="tight")
         plt.close(fig)
         files.append(name)
     return files
