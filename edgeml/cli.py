@@ -212,7 +212,8 @@ def _add_analyze_parser(sub: Any) -> None:
         "--resume",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="sweep: skip points already in <sweep>/analysis/points (default: on)",
+        help="sweep: skip points already analysed with the same options, cached in "
+        "<sweep>/analysis/points-<options hash>/ (default: on)",
     )
     a.add_argument("-q", "--quiet", action="store_true", help="no progress bar, warnings only")
     a.add_argument("-v", "--verbose", action="store_true", help="debug logging")

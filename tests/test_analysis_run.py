@@ -167,8 +167,11 @@ def test_analyze_sweep_reproduces_points_and_correlates(tiny_sweep: Path) -> Non
     assert (out / "sweep_analysis.json").is_file() and (out / "scatter_mean_sdc.png").is_file()
     html = (out / "sweep_analysis.html").read_text()
     assert "which analysis metric predicts fault robustness" in html
-    # resumable: a second run reads every point from analysis/points/
+    # resumable: a second run reads every point from its cache...
     again = R.analyze_sweep(tiny_sweep, replace(FAST, points=7), workers=1)
     assert again["stats"]["cached"] == 8
+    # ...which belongs to these options only
+    assert R.points_subdir(replace(FAST, points=7)) != R.points_subdir(replace(FAST, points=9))
+    assert R.points_subdir(replace(FAST, progress=True)) == R.points_subdir(FAST)
     # the same numbers from the cache (compared as JSON: NaN, for an undefined rho, != NaN)
     assert json.dumps(again["correlations"]) == json.dumps(doc["correlations"])

@@ -20,7 +20,8 @@ against the sweep's), on the same Dask machinery (``--workers``, ``--scheduler``
 and measured twice: by the analysis metrics above and by its robustness, measured
 on the exact integer model (exhaustive single-bit weight/bias fault campaign: mean
 SDC rate; accuracy under a bit-error rate of 1e-3; accuracy under Gaussian input
-noise). Points are cached in ``analysis/points/`` (a killed run resumes). The
+noise). Points are cached in ``analysis/points-<options hash>/`` (a killed run
+resumes; other options start a new cache). The
 output is the deliverable of the edge-hardware study: Spearman rank correlations of
 each metric with each robustness measure, with bootstrap 95 % confidence intervals,
 scatter plots, and which metric predicts robustness best.
@@ -848,6 +849,16 @@ def _run_sentence(doc: dict[str, Any]) -> str:
 # ------------------------------------------------------------------ sweep
 
 
+def points_subdir(opts: AnalysisOptions) -> str:
+    """Where a sweep's analysed points are cached: one folder per set of options, so that
+    a rerun with other options never reuses points measured differently."""
+    import hashlib
+
+    fields = {k: v for k, v in asdict(opts).items() if k != "progress"}
+    digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:10]
+    return f"{ANALYSIS_DIR}/points-{digest}"
+
+
 def analyze_sweep(
     sweep_dir: str | Path,
     opts: AnalysisOptions | None = None,
@@ -881,7 +892,7 @@ def analyze_sweep(
         resume=resume,
         progress=opts.progress,
         point_hook=functools.partial(sweep_point_analysis, opts),
-        points_subdir=f"{ANALYSIS_DIR}/points",
+        points_subdir=points_subdir(opts),
     )
     t0 = time.perf_counter()
     points, stats, mode = S.run_points(cfg)
