@@ -113,7 +113,7 @@ def analysed_run(mlp_flow_run: tuple[Path, Path], tmp_path_factory: pytest.TempP
     run, _ = mlp_flow_run
     copy = tmp_path_factory.mktemp("analyze") / "run"
     shutil.copytree(run, copy)
-    R.analyze_run(copy, FAST)
+    R.analyze_run(copy, replace(FAST, points=21))  # 21 points: merge trees are drawn too
     return copy
 
 
@@ -129,14 +129,15 @@ def test_analyze_run_writes_every_model_and_the_report(analysed_run: Path) -> No
     # the landscape's centre is the model itself
     for label in doc["models"]:
         z = np.load(analysed_run / "analysis" / f"landscape_{label}.npz")
-        assert z["loss"].shape == (FAST.points, FAST.points)
-        assert z["loss"][FAST.points // 2, FAST.points // 2] == pytest.approx(
-            doc["models"][label]["loss"]
-        )
+        assert z["loss"].shape == (21, 21)
+        assert z["loss"][21 // 2, 21 // 2] == pytest.approx(doc["models"][label]["loss"])
     assert doc["quantized"] is not None and "flatness" in doc["quantized"]
     files = {f["file"] for f in doc["figures"]}
     assert all((analysed_run / "analysis" / f).is_file() for f in files)
-    assert {"curvature", "landscape", "similarity"} <= {f["section"] for f in doc["figures"]}
+    assert {"curvature", "landscape", "topology", "similarity"} <= {
+        f["section"] for f in doc["figures"]
+    }
+    assert "landscape_tree_pruned.png" in files  # the shipped model's slice beside its tree
     report = (analysed_run / "report.html").read_text()
     assert "Curvature" in report
 
