@@ -223,6 +223,7 @@ def _analyze_main(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from edgeml.models.analysis.run import (
+        SWEEP_POINTS,
         AnalysisOptions,
         analyze_run,
         analyze_sweep,
@@ -237,7 +238,7 @@ def _analyze_main(args: argparse.Namespace) -> int:
     if args.fault_samples is not None:
         given["fault_samples"] = args.fault_samples
     if args.sweep is not None and "points" not in given:
-        given["points"] = 21
+        given["points"] = SWEEP_POINTS
     opts = replace(AnalysisOptions(progress=not args.quiet), **given)
     if args.run is not None:
         res = analyze_run(args.run, opts)

@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from edgeml.errors import ConfigError
+from edgeml.manifest import write_json
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,8 @@ SWEEP_ANALYSIS_FORMAT = "edgeml-sweep-analysis-v1"
 #: the run folder's (and the sweep folder's) analysis sub-folder
 ANALYSIS_DIR = "analysis"
 DEVICES = ("cpu", "cuda")
+#: landscape grid per axis for sweep points (a run folder's default is ``AnalysisOptions.points``)
+SWEEP_POINTS = 21
 #: metrics correlated with robustness across a sweep: (key in a point's analysis, label)
 SWEEP_METRICS: tuple[tuple[str, str], ...] = (
     ("top_eigenvalue", "top Hessian eigenvalue"),
@@ -147,19 +150,20 @@ def model_metrics(
     loss: Callable[..., Any],
     opts: AnalysisOptions,
     *,
-    points: int | None = None,
+    with_tree: bool = False,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Curvature, landscape and topology numbers of one torch model: ``(numbers, artifacts)``.
 
     ``numbers`` is JSON-able; ``artifacts`` holds what the figures need (the curvature
-    summary with its density, the 2-D landscape, the merge tree).
+    summary with its density, the 2-D landscape, and with ``with_tree`` the merge tree,
+    which only the run folder's figures draw).
     """
     from edgeml.models.analysis import curvature, landscape, topology
 
     t0 = time.perf_counter()
     h = curvature.ModelHessian(model, x, y, loss, device=opts.device)
     curv = curvature.summary(h, k=opts.k, n_matvecs=opts.matvecs, seed=opts.seed)
-    n = points or opts.points
+    n = opts.points
     axis = np.linspace(-opts.span, opts.span, n)
     d1 = landscape.random_direction(model, seed=opts.seed)
     d2 = landscape.random_direction(model, seed=opts.seed + 1)
@@ -167,7 +171,7 @@ def model_metrics(
     flat = landscape.flatness(l2d, eps_rel=FLAT_REL)
     topo = landscape_topology(l2d, opts)
     tree = None
-    if topology_tree_wanted(n):
+    if with_tree:
         tree = topology.merge_tree(
             l2d.loss,
             l2d.alphas,
@@ -241,11 +245,6 @@ def landscape_with_tree(l2d: Any, tree: dict[str, Any]) -> Any:
     return fig
 
 
-def topology_tree_wanted(points: int) -> bool:
-    """Merge trees are drawn for run-folder landscapes only (sweep points need numbers)."""
-    return points >= 21
-
-
 # ------------------------------------------------------------------ robustness
 
 
@@ -298,7 +297,6 @@ def robustness(
         noisy = g.quantize_input(xs + sigma * rng.standard_normal(xs.shape), on_overflow="saturate")
     finally:
         golden_log.setLevel(level)
-    clean_out = _real_outputs(g, codes)
     noisy_out = _real_outputs(g, noisy)
     if ys is not None:
         out["baseline_accuracy"] = float(res.baseline_accuracy)
@@ -306,6 +304,7 @@ def robustness(
         out["acc_noise"] = float(np.mean(noisy_out.argmax(axis=1) == ys))
     else:
         out["acc_ber"] = float(1.0 - ber.sdc_rate.mean())  # share of unchanged outputs
+        clean_out = _real_outputs(g, codes)
         out["noise_output_dev"] = float(np.mean(np.abs(noisy_out - clean_out)))
     out["seconds"] = round(time.perf_counter() - t0, 2)
     return out
@@ -363,8 +362,8 @@ def bootstrap_ci(
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, a.size, size=(n_boot, a.size))
-    ra = np.apply_along_axis(rankdata, 1, a[idx])
-    rb = np.apply_along_axis(rankdata, 1, b[idx])
+    ra = rankdata(a[idx], axis=1)
+    rb = rankdata(b[idx], axis=1)
     ra -= ra.mean(axis=1, keepdims=True)
     rb -= rb.mean(axis=1, keepdims=True)
     den = np.sqrt((ra**2).sum(axis=1) * (rb**2).sum(axis=1))
@@ -467,12 +466,6 @@ def _fmt(v: Any, digits: int = 4) -> str:
     return str(v)
 
 
-def _write_json(path: Path, obj: Any) -> None:
-    from edgeml.manifest import write_json
-
-    write_json(path, obj)
-
-
 # ------------------------------------------------------------------ run folder
 
 
@@ -531,10 +524,10 @@ def analyze_run(run_dir: str | Path, opts: AnalysisOptions | None = None) -> Run
     figures: list[dict[str, str]] = []
     for label, model in models.items():
         bar.set_postfix_str(f"{label}: curvature + landscape")
-        numbers, art = model_metrics(model, x, y, spec.loss, opts)
+        numbers, art = model_metrics(model, x, y, spec.loss, opts, with_tree=True)
         art["landscape"].meta["kind"] = label  # the figures' titles
         per_model[label] = numbers
-        _write_json(out / f"topology_{label}.json", art["topology"])  # every minimum
+        write_json(out / f"topology_{label}.json", art["topology"])  # every minimum
         np.savez_compressed(
             out / f"landscape_{label}.npz",
             alphas=art["landscape"].alphas,
@@ -678,7 +671,7 @@ def analyze_run(run_dir: str | Path, opts: AnalysisOptions | None = None) -> Run
     doc["figures"] = figures
     doc["summary"] = {"sentence": _run_sentence(doc)}
     path = out / "analysis.json"
-    _write_json(path, doc)
+    write_json(path, doc)
     ctx.run.record(
         "analyze",
         inputs=[run / n for n in ("float.pt", "qat.pt", "model.pt") if (run / n).is_file()],
@@ -870,7 +863,7 @@ def analyze_sweep(
     """Analyse every point of an ``edgeml sweep`` and correlate the metrics with robustness."""
     from edgeml import sweep as S
 
-    opts = opts or replace(AnalysisOptions(), points=21)
+    opts = opts or replace(AnalysisOptions(), points=SWEEP_POINTS)
     check_device(opts.device)
     root = Path(sweep_dir)
     sweep_json = root / "sweep.json"
@@ -923,7 +916,7 @@ def analyze_sweep(
         "best": best,
         "figures": figs,
     }
-    _write_json(out / "sweep_analysis.json", doc)
+    write_json(out / "sweep_analysis.json", doc)
     (out / "sweep_analysis.html").write_text(render_sweep_html(doc, out), encoding="utf-8")
     return doc
 
@@ -948,12 +941,7 @@ def _sweep_figures(
         for ax, (mkey, mlabel) in zip(axes.ravel(), SWEEP_METRICS, strict=False):
             m = np.array([p["analysis"].get(mkey, np.nan) for p in points], float)
             sc = ax.scatter(m, r, c=bits, cmap="viridis", s=26)
-            row = next(x for x in rows if x["metric"] == mkey and x["robustness"] == rkey)
-            ax.set_title(
-                f"{mlabel}\nrho = {_fmt(row['rho'], 2)} "
-                f"[{_fmt(row['ci'][0], 2)}, {_fmt(row['ci'][1], 2)}]",
-                fontsize=9,
-            )
+            ax.set_title(f"{mlabel}\nrho = {_ci_text(_row(rows, mkey, rkey))}", fontsize=9)
             if ax in axes[:, 0]:
                 ax.set_ylabel(rlabel, fontsize=8)
             ax.tick_params(labelsize=7)
@@ -969,6 +957,16 @@ def _sweep_figures(
     return files
 
 
+def _row(rows: Sequence[dict[str, Any]], metric: str, robustness: str) -> dict[str, Any]:
+    """The correlation row of ``metric`` against ``robustness``."""
+    return next(r for r in rows if r["metric"] == metric and r["robustness"] == robustness)
+
+
+def _ci_text(row: dict[str, Any]) -> str:
+    """``rho [lo, hi]``, two significant digits."""
+    return f"{_fmt(row['rho'], 2)} [{_fmt(row['ci'][0], 2)}, {_fmt(row['ci'][1], 2)}]"
+
+
 def format_correlations(doc: dict[str, Any]) -> str:
     """The correlation table as text (what the CLI prints and the README quotes)."""
     lines = [
@@ -979,13 +977,8 @@ def format_correlations(doc: dict[str, Any]) -> str:
     for mkey, mlabel in SWEEP_METRICS:
         cells = []
         for rkey, _, _ in ROBUSTNESS:
-            row = next(
-                x for x in doc["correlations"] if x["metric"] == mkey and x["robustness"] == rkey
-            )
-            cells.append(
-                f"{_fmt(row['rho'], 2):>6s} [{_fmt(row['ci'][0], 2)}, {_fmt(row['ci'][1], 2)}]"
-                f" ({_fmt(row.get('rho_within_bits'), 2)})"
-            )
+            row = _row(doc["correlations"], mkey, rkey)
+            cells.append(f"{_ci_text(row)} ({_fmt(row.get('rho_within_bits'), 2)})")
         lines.append(f"{mlabel:32s} " + " ".join(f"{c:>34s}" for c in cells))
     for rkey, rlabel, _ in ROBUSTNESS:
         b = doc["best"].get(rkey)
@@ -1008,14 +1001,9 @@ def render_sweep_html(doc: dict[str, Any], out: Path) -> str:
     for mkey, mlabel in SWEEP_METRICS:
         cells = []
         for rkey, _, _ in ROBUSTNESS:
-            row = next(
-                x for x in doc["correlations"] if x["metric"] == mkey and x["robustness"] == rkey
-            )
+            row = _row(doc["correlations"], mkey, rkey)
             strong = row["ci"][0] > 0 or row["ci"][1] < 0
-            txt = (
-                f"{_fmt(row['rho'], 2)} [{_fmt(row['ci'][0], 2)}, {_fmt(row['ci'][1], 2)}] "
-                f"({_fmt(row.get('rho_within_bits'), 2)})"
-            )
+            txt = f"{_ci_text(row)} ({_fmt(row.get('rho_within_bits'), 2)})"
             cells.append(f"<td>{'<b>' + txt + '</b>' if strong else txt}</td>")
         body.append(f"<tr><th>{e(mlabel)}</th>{''.join(cells)}</tr>")
     best = "".join(
