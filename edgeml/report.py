@@ -75,6 +75,8 @@ class BitExactRow:
     first_divergent_layer: str = "-"
     status: Status = "PASS"
     reason: str = ""
+    #: what ``vectors`` counts: input vectors, or e.g. weight-header ``elements``
+    unit: str = "vectors"
 
     def __post_init__(self) -> None:
         if self.status not in STATUSES:
@@ -674,7 +676,7 @@ def exactness_line(rows: Sequence[BitExactRow], extra: Sequence[LevelCheck] = ()
     vectors differ and the first divergent layer; skipped and approximate
     (real-valued reference) levels are listed after them.
     """
-    groups: dict[int, list[str]] = {}
+    groups: dict[tuple[int, str], list[str]] = {}
     fails, skipped, approx = [], [], []
     checks = [
         (_level_name(r.comparison), r.vectors, r.mismatching_vectors, r.status, r) for r in rows
@@ -685,8 +687,9 @@ def exactness_line(rows: Sequence[BitExactRow], extra: Sequence[LevelCheck] = ()
         for c in extra
     ]  # fmt: skip
     for name, n, bad, status, row in checks:
+        unit = row.unit if row is not None else "vectors"
         if status == "PASS" and bad == 0:
-            groups.setdefault(n, []).append(name)
+            groups.setdefault((n, unit), []).append(name)
         elif status == "SKIPPED":
             skipped.append(name + (f" ({row.reason})" if row is not None and row.reason else ""))
         elif status == "APPROX":
@@ -699,10 +702,10 @@ def exactness_line(rows: Sequence[BitExactRow], extra: Sequence[LevelCheck] = ()
                 if row is not None and row.first_divergent_layer not in ("", "-")
                 else ""
             )
-            fails.append(f"FAIL golden ≠ {name}: {bad:,} / {n:,} vectors differ{where}")
+            fails.append(f"FAIL golden ≠ {name}: {bad:,} / {n:,} {unit} differ{where}")
     parts = list(fails)
-    for n, names in sorted(groups.items(), key=lambda kv: -kv[0]):
-        parts.append(f"golden = {' = '.join(names)}: 0 mismatches / {n:,} vectors")
+    for (n, unit), names in sorted(groups.items(), key=lambda kv: -kv[0][0]):
+        parts.append(f"golden = {' = '.join(names)}: 0 mismatches / {n:,} {unit}")
     if approx:
         parts.append("approximate reference: " + ", ".join(approx))
     if skipped:

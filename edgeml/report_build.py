@@ -200,6 +200,7 @@ def build_report(ctx: Context) -> Path:
                     first_divergent_layer=lv.get("first_divergent_layer") or "-",
                     status=lv["status"] if lv["status"] in STATUSES else "FAIL",
                     reason=lv.get("note", ""),
+                    unit=(lv.get("extra") or {}).get("unit", "vectors"),
                 )
             )
         for a in verify.get("approximations", []):

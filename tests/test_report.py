@@ -403,6 +403,12 @@ def test_exactness_line_pass_fail_skip() -> None:
         "dense_1; golden = hls4ml C-sim: 0 mismatches / 1,000 vectors; "
         "skipped: QONNX (no onnxruntime)"
     )
+    # a level that counts something else (verify's extra.unit) says so, never "vectors"
+    headers = BitExactRow("golden vs hls4ml weight headers", 4_389, 0, 0, 0, unit="elements")
+    assert exactness_line([*ok, headers]) == (
+        "golden = hls4ml C-sim = RTL (Verilator): 0 mismatches / 20,521 vectors; "
+        "golden = hls4ml weight headers: 0 mismatches / 4,389 elements"
+    )
 
 
 def test_summary_card_renders_only_known_facts() -> None:
