@@ -20,4 +20,11 @@ DESIGN_MODULES: dict[str, str] = {
     "pinn": "edgeml.models.pinn",
     "resnet_skip": "edgeml.models.skipnets",
     "resnet_noskip": "edgeml.models.skipnets",
+    "sharpbalance": "edgeml.models.sharpbalance",
+    "randnla": "edgeml.models.randnla",
+    "sane": "edgeml.models.sane",
+    "trsqp": "edgeml.models.trsqp",
+    "molnet_fp": "edgeml.models.molnet",
+    "molnet_gcn": "edgeml.models.molnet",
+    "tinymem": "edgeml.models.tinymem",
 }

@@ -70,6 +70,15 @@ class DesignSpec:
     #: default; a study whose edge form differs, e.g. an SSM kernel materialised as
     #: a FIR filter, supplies its own)
     init_qat: Callable[[nn.Module, nn.Module], None] = training.init_from_float
+    #: the study's own float training ``(data, epochs, seed) -> model`` where its method
+    #: is the training itself (an ensemble objective, a constrained optimizer, weights
+    #: sampled from a generative model, unlearning after training); default: ``training.fit``
+    #: of ``build_float()`` with the design's loss
+    fit_float: Callable[[Dataset, int, int], nn.Module] | None = None
+    #: the compress stage's default randomized-SVD factorisation (:mod:`edgeml.lowrank`):
+    #: an int rank or an energy fraction in (0, 1]; ``None``: none (``compress.low_rank``
+    #: in the config overrides it)
+    low_rank: int | float | None = None
 
     def targets(self, split: Literal["train", "test"], data: Dataset) -> np.ndarray:
         """Training targets: labels for a classifier, the input itself for an autoencoder."""
@@ -104,7 +113,10 @@ def evaluate(spec: DesignSpec, model: nn.Module, x: np.ndarray, y: np.ndarray) -
 
 
 def train_float(spec: DesignSpec, data: Dataset, epochs: int, seed: int = 0) -> nn.Module:
-    """Train the float model of ``spec`` from scratch."""
+    """Train the float model of ``spec`` from scratch (the study's own trainer where it has one)."""
+    if spec.fit_float is not None:
+        training.seed_all(seed)
+        return spec.fit_float(data, epochs, seed)
     gen = training.seed_all(seed)
     model = spec.build_float()
     settings = spec.float_settings or spec.settings
@@ -163,12 +175,21 @@ def edge_sparsity(spec: DesignSpec, model: nn.Module) -> float:
 def save_checkpoint(
     spec: DesignSpec, model: nn.Module, path: str | Path, meta: dict[str, Any] | None = None
 ) -> Path:
-    """Save ``model`` with ``design``, ``kind`` and ``bit_width`` in its metadata."""
+    """Save ``model`` with ``design``, ``kind``, ``bit_width`` and ``low_rank`` in its metadata.
+
+    ``low_rank`` (``{layer: rank}``) is there when layers were factorised
+    (:mod:`edgeml.lowrank`), so :func:`load_checkpoint` rebuilds the same structure.
+    """
+    from edgeml import lowrank
+
     full = dict(meta or {})
     quant = training.is_brevitas(model)
     full.update(design=spec.name, kind="qat" if quant else "float")
     if quant:
         full["bit_width"] = int(model.bit_width)
+    ranks = lowrank.ranks_of(model)
+    if ranks:
+        full["low_rank"] = ranks
     return training.save_state(path, training.CHECKPOINT_FORMAT, full, model)
 
 
@@ -183,7 +204,11 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any], Design
             model = spec.build_qat(int(meta["bit_width"]))
         else:
             model = spec.build_float()
-    except (ConfigError, KeyError, TypeError, ValueError) as exc:
+        if meta.get("low_rank"):
+            from edgeml import lowrank
+
+            lowrank.restructure(model, dict(meta["low_rank"]))
+    except (ConfigError, KeyError, TypeError, ValueError, AttributeError) as exc:
         raise CorruptFileError(f"checkpoint {path} names no buildable design: {exc}") from exc
     return training.load_state_into(model, state, path, meta), meta, spec
 

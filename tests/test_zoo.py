@@ -53,3 +53,33 @@ def test_checkpoint_naming_an_unknown_design_is_refused(tmp_path: Path) -> None:
     path.write_bytes(b"not a checkpoint")
     with pytest.raises(CorruptFileError, match="cannot be read"):
         zoo.load_checkpoint(path)
+
+
+@pytest.mark.parametrize("name", zoo.names())
+def test_every_registered_design_resolves_to_its_own_spec(name: str) -> None:
+    """The registry names a module whose ``DESIGNS`` holds a spec of that very name."""
+    spec = zoo.get(name)
+    assert spec.name == name
+    assert spec.task in ("classification", "autoencoder", "regression")
+    lo, hi = spec.bit_widths
+    assert 1 <= lo <= hi <= 16
+    assert all(isinstance(d, int) and d > 0 for d in spec.input_shape)
+
+
+def test_a_study_trainer_replaces_the_generic_fit() -> None:
+    """``DesignSpec.fit_float`` is what ``train_float`` runs, with the epochs and seed given."""
+    base = zoo.get("mlp")
+    data = base.load_data(0)
+    calls: list[tuple[int, int]] = []
+
+    def fit_float(d: training.Dataset, epochs: int, seed: int) -> torch.nn.Module:
+        calls.append((epochs, seed))
+        assert d is data
+        return base.build_float()
+
+    from dataclasses import replace
+
+    spec = replace(base, fit_float=fit_float)
+    model = zoo.train_float(spec, data, epochs=3, seed=7)
+    assert calls == [(3, 7)]
+    assert isinstance(model, torch.nn.Module)
