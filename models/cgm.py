@@ -2,7 +2,7 @@
 
 **Study** (Ren, Nakata, Lacour, Naiman, Nakata, Song, Bi, Malik, Morozov, Azencot,
 Erichson, Mahoney, "Conditional Generative Modeling for High-Fidelity Ground Motion
-Synthesis", arXiv:2409.15734): a variational autoencoder over the time-frequency
+Synthesis", arXiv:2407.15089): a variational autoencoder over the time-frequency
 representation (log STFT magnitude) of ground-motion records, whose latent is a
 sequence (one latent per STFT frame) with a *sequential prior* conditioned on the
 earthquake (magnitude, distance); new records for a scenario are drawn from the

@@ -58,9 +58,7 @@ N_CLASSES = 10
 INPUT_FRAC = 7
 INPUT_BITS = 8
 
-#: Training steps over which QuantReLU collects activation statistics before its
-#: power-of-two scale becomes a learned parameter (Brevitas' default is 300).
-ACT_COLLECT_STATS_STEPS = 30
+ACT_COLLECT_STATS_STEPS = training.ACT_COLLECT_STATS_STEPS
 
 Arch = Literal["mlp", "cnn"]
 

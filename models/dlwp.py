@@ -131,7 +131,7 @@ STUDY_SIZES = {"full": (64, 16, 32), "quick": (32, 12, 16)}
 STUDY_EPOCHS = {"full": 15, "quick": 10}
 STUDY_BATCH = 4
 STUDY_LR = 2e-3
-ACT_COLLECT_STATS_STEPS = 30
+ACT_COLLECT_STATS_STEPS = training.ACT_COLLECT_STATS_STEPS
 
 
 # =============================================================================== data

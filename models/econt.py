@@ -93,7 +93,7 @@ CONV_FILTERS = 8
 #: Generated data set sizes (maps) of :func:`load_data`.
 N_TRAIN = 20_000
 N_TEST = 5_000
-ACT_COLLECT_STATS_STEPS = 30
+ACT_COLLECT_STATS_STEPS = training.ACT_COLLECT_STATS_STEPS
 
 
 # ---------------------------------------------------------------------------- EMD

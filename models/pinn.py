@@ -103,7 +103,7 @@ INPUT_SHAPE: tuple[int] = (2,)
 #: Input format: signed 8 bits, scale 2**-7 (normalised coordinates in [-1, 127/128]).
 INPUT_FRAC = 7
 DEFAULT_BIT_WIDTH = 8
-ACT_COLLECT_STATS_STEPS = 30
+ACT_COLLECT_STATS_STEPS = training.ACT_COLLECT_STATS_STEPS
 #: Collocation points of the zoo data set; the test set is the 128 x 64 code grid.
 N_TRAIN = 4096
 TEST_GRID: tuple[int, int] = (128, 64)

@@ -51,7 +51,7 @@ from torch import nn
 
 from edgeml.errors import ConfigError
 
-from . import zoo
+from . import training, zoo
 from .digits import INPUT_SHAPE, N_CLASSES, InputQuant, load_digits_split
 from .training import Dataset, TrainSettings
 
@@ -68,9 +68,7 @@ with warnings.catch_warnings():
 
 #: Channels of the stem / stack 1 and of stack 2.
 WIDTHS: tuple[int, int] = (4, 8)
-#: Training steps over which activation quantizers collect statistics before their
-#: power-of-two scale becomes a learned parameter (Brevitas' default is 300).
-ACT_COLLECT_STATS_STEPS = 30
+ACT_COLLECT_STATS_STEPS = training.ACT_COLLECT_STATS_STEPS
 DEFAULT_BIT_WIDTH = 6
 
 

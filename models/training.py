@@ -31,6 +31,12 @@ from edgeml.errors import ConfigError, CorruptFileError
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "edgeml-model-v1"
+
+#: Training steps over which Brevitas activation quantizers collect statistics before
+#: their power-of-two scale becomes a learned parameter (Brevitas' default is 300);
+#: every design's QAT twin uses this one value.
+ACT_COLLECT_STATS_STEPS = 30
+
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 

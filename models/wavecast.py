@@ -97,7 +97,7 @@ STUDY_HIDDEN = {"full": 8, "quick": 6}
 STUDY_EPOCHS = {"full": 16, "quick": 6}
 STUDY_LR = 3e-3
 STUDY_BATCH = 16
-ACT_COLLECT_STATS_STEPS = 30
+ACT_COLLECT_STATS_STEPS = training.ACT_COLLECT_STATS_STEPS
 
 WAVE = ws.WaveConfig(sensors=SENSORS, frames=T_IN + T_OUT)
 
