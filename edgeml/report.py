@@ -40,9 +40,11 @@ TOP_K = 20
 
 @dataclass(frozen=True)
 class AccuracySummary:
-    """Accuracies (fractions in [0, 1]) of the float, QAT and QAT+pruned models.
+    """The design's metric of the float, QAT and QAT+pruned models.
 
-    ``sparsity`` is the measured fraction of zero weights of the pruned model;
+    With ``percent`` the metric is an accuracy (a fraction in [0, 1], shown as a
+    percentage); otherwise any finite number (an RMSE in kcal/mol, an EMD in cell
+    pitches). ``sparsity`` is the measured fraction of zero weights of the pruned model;
     ``bit_width`` is the weight bit width (an int, or a label such as "w8a8").
     Any field may be None when that stage was not run.
     """
@@ -57,10 +59,18 @@ class AccuracySummary:
     percent: bool = True
 
     def __post_init__(self) -> None:
+        fractions = ("float_acc", "qat_acc", "pruned_acc") if self.percent else ()
         for name in ("float_acc", "qat_acc", "pruned_acc", "sparsity"):
             v = getattr(self, name)
-            if v is not None and not (0.0 <= float(v) <= 1.0):
-                raise EdgemlError(f"AccuracySummary.{name} must be a fraction in [0, 1], got {v!r}")
+            if v is None:
+                continue
+            if name in fractions or name == "sparsity":
+                if not 0.0 <= float(v) <= 1.0:
+                    raise EdgemlError(
+                        f"AccuracySummary.{name} must be a fraction in [0, 1], got {v!r}"
+                    )
+            elif not math.isfinite(float(v)):
+                raise EdgemlError(f"AccuracySummary.{name} must be a finite number, got {v!r}")
 
 
 @dataclass(frozen=True)

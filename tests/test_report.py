@@ -155,6 +155,12 @@ def test_campaign_rejects_ragged_arrays() -> None:
         )
     with pytest.raises(EdgemlError, match="fraction"):
         AccuracySummary(float_acc=97.0)
+    # a plain metric (an RMSE in kcal/mol) may exceed 1, but must be finite
+    assert AccuracySummary(float_acc=2.36, percent=False).float_acc == 2.36
+    with pytest.raises(EdgemlError, match="qat_acc must be a finite number"):
+        AccuracySummary(qat_acc=float("nan"), percent=False)
+    with pytest.raises(EdgemlError, match="sparsity must be a fraction"):
+        AccuracySummary(float_acc=2.36, sparsity=1.5, percent=False)
     with pytest.raises(EdgemlError, match="status"):
         BitExactRow("x", 1, 0, 0, 0, status="OK")  # type: ignore[arg-type]
 
