@@ -102,6 +102,14 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument(
             "--sparsity", type=float, help="pruning sparsity in [0, 0.95] (compress.sparsity)"
         )
+        sp.add_argument(
+            "--low-rank",
+            type=_low_rank_arg,
+            metavar="R",
+            help="factorise Dense/Conv weights by randomized SVD before QAT: an integer rank "
+            "(e.g. 8) or an energy fraction in (0, 1] (e.g. 0.9); 0 turns a design's default "
+            "off (compress.low_rank)",
+        )
         sp.add_argument("--seed", type=int, help="random seed")
         sp.add_argument("--vectors", type=int, help="random verification vectors (verify.n_random)")
         sp.add_argument(
@@ -458,8 +466,24 @@ _FLAG_OF = {
     "seed": "--seed",
     "compress.bit_width": "--bits",
     "compress.sparsity": "--sparsity",
+    "compress.low_rank": "--low-rank",
     "verify.n_random": "--vectors",
 }
+
+
+def _low_rank_arg(text: str) -> int | float:
+    """``--low-rank``: ``"8"`` is a rank, ``"0.9"`` an energy fraction (validated by the config)."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"takes an integer rank (e.g. 8) or an energy fraction in (0, 1] (e.g. 0.9); "
+            f"got {text!r}"
+        ) from None
 
 
 def _context(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any] | None]:
@@ -521,6 +545,7 @@ def _context(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any] | None]
         "seed": args.seed,
         "compress.bit_width": args.bits,
         "compress.sparsity": args.sparsity,
+        "compress.low_rank": args.low_rank,
         "verify.n_random": args.vectors,
     }
     try:

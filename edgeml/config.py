@@ -15,7 +15,7 @@ import unicodedata
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from edgeml.errors import ConfigError, CorruptFileError
 
@@ -51,6 +51,23 @@ class CompressConfig(_Strict):
     bit_width: int = Field(6, ge=2, le=16)
     #: ``None`` takes the design's default (``DesignSpec.sparsity``: 0.75 for the jet tagger)
     sparsity: float | None = Field(None, ge=0.0, le=0.95)
+    #: randomized-SVD factorisation before QAT (:mod:`edgeml.lowrank`): an integer rank, or
+    #: an energy fraction in (0, 1]; ``0`` turns it off; ``None`` takes the design's default
+    #: (``DesignSpec.low_rank``: off for every design but ``randnla``)
+    low_rank: int | float | None = None
+
+    @field_validator("low_rank", mode="before")
+    @classmethod
+    def _low_rank(cls, value: Any) -> int | float | None:
+        from edgeml.lowrank import check_low_rank
+
+        if isinstance(value, float) and value.is_integer() and value > 1:
+            value = int(value)  # 8.0 from a YAML/JSON file is the rank 8
+        try:
+            check_low_rank(value, "low_rank")
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return value
 
 
 class HlsConfig(_Strict):

@@ -5,7 +5,7 @@ stages wrote into the run folder, writes its own artifacts, and records itself
 in ``manifest.json``. The CLI is a thin wrapper over these.
 
     train     float.pt                       float model (built-in designs)
-    compress  model.pt, qat.pt, compress.json  QAT + magnitude pruning + fine-tune
+    compress  model.pt, qat.pt, compress.json  [low-rank SVD,] QAT + magnitude pruning + fine-tune
     export    model.qonnx.onnx, golden.txt   QONNX, cleaned; golden model summary
     convert   hls_projects/<design>/, hls.json   hls4ml Vitis project, C-sim compiled
     rtl       rtl/, rtl.json                 Verilog (da4ml), Verilator build, cocotb bench
@@ -185,7 +185,12 @@ def stage_train(ctx: Context) -> dict[str, Any]:
 
 
 def stage_compress(ctx: Context) -> dict[str, Any]:
-    """Quantization-aware training from the float weights, then magnitude pruning + fine-tune."""
+    """Quantization-aware training from the float weights, then magnitude pruning + fine-tune.
+
+    With ``compress.low_rank`` (or the design's ``low_rank``) the float model is first
+    factorised by randomized SVD and fine-tuned (``lowrank_float.pt``), and the QAT twin
+    is built with the same factors.
+    """
     t0 = time.time()
     if ctx.external:
         return {"skipped": "external model"}
@@ -196,6 +201,9 @@ def stage_compress(ctx: Context) -> dict[str, Any]:
     float_model, _, _ = zoo.load_checkpoint(fpath)
     c = ctx.cfg.compress
     y_test = sp.targets("test", data)
+    low: dict[str, Any] | None = None
+    if c.low_rank if c.low_rank is not None else sp.low_rank:  # 0 turns a design's default off
+        float_model, sp, low = _low_rank(ctx, sp, data, float_model)
     qat = zoo.train_qat(sp, data, float_model, c.bit_width, _epochs(ctx, "qat"), ctx.cfg.seed)
     qat_m = zoo.evaluate(sp, qat, data.x_test, y_test)
     # the unpruned QAT model too: `edgeml analyze` compares float, QAT and pruned
@@ -215,10 +223,14 @@ def stage_compress(ctx: Context) -> dict[str, Any]:
         "sparsity": sparsity,
         "bit_width": c.bit_width,
     }
+    if low is not None:
+        info["low_rank"] = low
     info.update({f"qat_{k}": v for k, v in qat_m.items()})
     info.update({f"pruned_{k}": v for k, v in pruned_m.items()})
     write_json(ctx.run.file("compress.json"), info)
     outputs = [out, ctx.run.file("qat.pt"), ctx.run.file("compress.json")]
+    if low is not None:
+        outputs.append(ctx.run.file("lowrank_float.pt"))
     _record(ctx, "compress", t0, [fpath], outputs, **info)
     log.info(
         "compress: %s QAT %.4f, pruned(%.0f%%) %.4f",
@@ -228,6 +240,30 @@ def stage_compress(ctx: Context) -> dict[str, Any]:
         info["pruned"],
     )
     return info
+
+
+def _low_rank(ctx: Context, sp: Any, data: Any, float_model: Any) -> tuple[Any, Any, dict]:
+    """Factorise the float model by randomized SVD and fine-tune it (``lowrank_float.pt``).
+
+    Returns the factorised float model, the spec whose ``build_qat`` builds the matching
+    factorised QAT twin, and what ``compress.json`` records under ``low_rank``
+    (:func:`edgeml.lowrank.factorize_design`).
+    """
+    from edgeml import lowrank
+    from edgeml.models import zoo
+
+    c = ctx.cfg.compress
+    setting = c.low_rank if c.low_rank is not None else sp.low_rank
+    fact, sp_lr, info = lowrank.factorize_design(
+        sp, data, float_model, setting, _epochs(ctx, "finetune"), seed=ctx.cfg.seed
+    )
+    zoo.save_checkpoint(sp, fact, ctx.run.file("lowrank_float.pt"), {"low_rank_setting": setting})
+    log.info(
+        "compress: low rank %s: ranks %s, %d -> %d weights, float %s %.4f -> %.4f (fine-tuned)",
+        setting, info["ranks"], info["weights_before"], info["weights_after"], sp.primary,
+        info["float_factorised"], info["float_finetuned"],
+    )  # fmt: skip
+    return fact, sp_lr, info
 
 
 def stage_export(ctx: Context) -> dict[str, Any]:

@@ -342,6 +342,12 @@ def run_chain_task(
         )
         float_model.eval()
         t0 = time.perf_counter()
+        if spec.low_rank:  # a design factorised by default (randnla), as its flow does
+            from edgeml import lowrank
+
+            float_model, spec, _ = lowrank.factorize_design(
+                spec, data, float_model, spec.low_rank, epochs["finetune"], seed
+            )
         qat = zoo.train_qat(spec, data, float_model, bits, epochs["qat"], seed)
         qat_seconds = time.perf_counter() - t0
         qat_metrics = zoo.evaluate(spec, qat, data.x_test, y_test)

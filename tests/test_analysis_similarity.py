@@ -264,3 +264,22 @@ def test_disagreement_and_ensemble_errors() -> None:
         S.ensemble_gain([a], np.zeros(3, dtype=int))
     with pytest.raises(ConfigError, match="at least one member"):
         S.ensemble_gain([], np.zeros(3, dtype=int))
+
+
+def test_a_low_rank_layer_counts_as_the_layer_it_replaces() -> None:
+    """``compress --low-rank`` models line up layer by layer with their float model."""
+    from edgeml.lowrank import factorize
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 5)
+    )
+    low, _ = factorize(model, 4, seed=0)
+    assert S.weight_layer_names(model) == S.weight_layer_names(low) == ["0", "2", "4"]
+    assert any(n.endswith(".first") for n, _ in low.named_modules())
+    x = torch.randn(200, 16).numpy()
+    diag = S.cka_diagonal(model, low, x)
+    assert set(diag) == {"0", "2", "4"}
+    # the factorised layer's output is the whole factorised product, not its first factor
+    acts = S.layer_activations(low, x)
+    assert acts["2"].shape == (200, 32)

@@ -139,8 +139,21 @@ def _as_tensor(out: Any) -> torch.Tensor:
 
 
 def weight_layer_names(model: nn.Module) -> list[str]:
-    """Names of the model's weight layers (Linear/Conv, Brevitas ones included)."""
-    return [n for n, mod in model.named_modules() if isinstance(mod, WEIGHT_LAYERS) and n]
+    """Names of the model's weight layers (Linear/Conv, Brevitas ones included).
+
+    A layer factorised by ``edgeml compress --low-rank`` (an :class:`edgeml.lowrank.LowRank`)
+    counts as the one layer it replaces, under the same name, so a factorised model's
+    layers line up with its unfactorised float model's.
+    """
+    from edgeml.lowrank import LowRank
+
+    names: list[str] = []
+    for n, mod in model.named_modules():
+        if not n or any(n.startswith(f"{done}.") for done in names):
+            continue
+        if isinstance(mod, (LowRank, *WEIGHT_LAYERS)):
+            names.append(n)
+    return names
 
 
 def layer_activations(
