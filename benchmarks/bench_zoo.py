@@ -26,8 +26,24 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results-zoo.json"
-#: The studies of issue 10 (the spine's designs have their own tables in the README).
-STUDIES = ("ssm", "wavecast", "dlwp", "cgm", "pinn", "resnet_skip", "resnet_noskip")
+#: The field and sequence studies and the method studies (the spine's designs have their
+#: own tables in the README).
+STUDIES = (
+    "ssm",
+    "wavecast",
+    "dlwp",
+    "cgm",
+    "pinn",
+    "resnet_skip",
+    "resnet_noskip",
+    "sharpbalance",
+    "randnla",
+    "sane",
+    "trsqp",
+    "molnet_fp",
+    "molnet_gcn",
+    "tinymem",
+)
 #: `edgeml flow` options a study's row uses beyond the defaults (the PINN needs 8 bits:
 #: at 6 its Tanh inputs are too coarse, QAT rel. L2 0.17)
 FLOW_ARGS: dict[str, list[str]] = {"pinn": ["--bits", "8"]}
@@ -139,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
                 "--out",
                 str(run),
                 "-q",
+                *FLOW_ARGS.get(name, []),
             ]
             print("$", " ".join(cmd[2:]), flush=True)
             proc = subprocess.run(cmd, cwd=ROOT, check=False)
