@@ -57,10 +57,15 @@ class AccuracySummary:
     metric: str = "top-1 accuracy"
     #: a percentage (accuracy) or a plain number (e.g. EMD, lower is better)
     percent: bool = True
+    #: ``compress --low-rank``: the factorised float model's metric after its fine-tune,
+    #: and one sentence on the factorisation (ranks, weights, SVD error)
+    lowrank_acc: float | None = None
+    lowrank_note: str = ""
 
     def __post_init__(self) -> None:
-        fractions = ("float_acc", "qat_acc", "pruned_acc") if self.percent else ()
-        for name in ("float_acc", "qat_acc", "pruned_acc", "sparsity"):
+        metrics = ("float_acc", "qat_acc", "pruned_acc", "lowrank_acc")
+        fractions = metrics if self.percent else ()
+        for name in (*metrics, "sparsity"):
             v = getattr(self, name)
             if v is None:
                 continue
@@ -521,17 +526,26 @@ def _section_accuracy(a: AccuracySummary) -> str:
         return _pct(v) if a.percent else _fmt(v)
 
     bw = "-" if a.bit_width is None else a.bit_width
-    rows = [
-        ("float", val(a.float_acc), "-", "float32", "-"),
+    rows = [("float", val(a.float_acc), "-", "float32", "-")]
+    if a.lowrank_acc is not None:
+        rows.append(
+            ("low rank (fine-tuned)", val(a.lowrank_acc), delta(a.lowrank_acc), "float32", "-")
+        )
+    rows += [
         ("quantized (QAT)", val(a.qat_acc), delta(a.qat_acc), bw, "-"),
         ("QAT + pruning", val(a.pruned_acc), delta(a.pruned_acc), bw, _pct(a.sparsity, 1)),
     ]
     head = "accuracy" if a.percent else "value"
     title = "Accuracy" if a.percent else "Quality"
-    return f"<h2>{title}</h2><p>Metric: {_e(a.metric)}.</p>" + _table(
-        ["model", head, "Δ vs float", "bit width", "measured sparsity"],
-        rows,
-        [False, True, True, False, True],
+    note = f"<p>{_e(a.lowrank_note)}</p>" if a.lowrank_note else ""
+    return (
+        f"<h2>{title}</h2><p>Metric: {_e(a.metric)}.</p>"
+        + _table(
+            ["model", head, "Δ vs float", "bit width", "measured sparsity"],
+            rows,
+            [False, True, True, False, True],
+        )
+        + note
     )
 
 

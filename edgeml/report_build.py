@@ -153,6 +153,33 @@ def summary_card(
     return card
 
 
+def _low_rank_fields(low: dict[str, Any] | None, percent: bool) -> dict[str, Any]:
+    """``AccuracySummary`` fields from ``compress.json``'s ``low_rank`` block (if any)."""
+    if not low or not low.get("ranks"):
+        return {}
+
+    def val(v: float) -> str:
+        return f"{100 * v:.2f} %" if percent else f"{v:.4g}"
+
+    ranks = ", ".join(f"{k} {v}" for k, v in low["ranks"].items())
+    worst = max(
+        (
+            lay["rel_frobenius"] / lay["optimal_rel_frobenius"]
+            for lay in low.get("layers", [])
+            if lay.get("factorised") and lay.get("optimal_rel_frobenius")
+        ),
+        default=None,
+    )
+    svd = "" if worst is None else f"; randomized SVD error at most {worst:.3f}x the optimal"
+    note = (
+        f"Low-rank factorisation before QAT (compress.low_rank = {low.get('setting')}): ranks "
+        f"{ranks}; {low['weights_before']:,} -> {low['weights_after']:,} on-chip weights{svd}; "
+        f"float metric {val(low['float_factorised'])} just after factorising, "
+        f"{val(low['float_finetuned'])} after {low.get('finetune_epochs', 0)} fine-tuning epochs."
+    )
+    return {"lowrank_acc": low["float_finetuned"], "lowrank_note": note}
+
+
 def build_report(ctx: Context) -> Path:
     """Read every artifact present in the run folder and write report.html."""
     run = ctx.run
@@ -175,6 +202,7 @@ def build_report(ctx: Context) -> Path:
             sparsity=comp.get("sparsity"),
             metric="top-1 accuracy" if metric == "accuracy" else metric,
             percent=metric == "accuracy",
+            **_low_rank_fields(comp.get("low_rank"), percent=metric == "accuracy"),
         )
 
     rows: list[BitExactRow] = []

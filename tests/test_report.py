@@ -691,3 +691,41 @@ def test_build_report_with_analysis_folder(tmp_path: Path) -> None:
         "analysis/analysis.json not shown: unreadable (see the warning above)"
     )
     assert "Fault sensitivity and protection" in text
+
+
+def test_build_report_shows_a_low_rank_factorisation(tmp_path: Path) -> None:
+    """``compress.json``'s ``low_rank`` block: a row for the fine-tuned factorised float
+    model and one sentence with the ranks, weights and the SVD error against the optimum."""
+    import json
+
+    run = _run_folder(tmp_path)
+    comp = json.loads((run / "compress.json").read_text())
+    layer = {
+        "layer": "fc1",
+        "factorised": True,
+        "rel_frobenius": 0.42,
+        "optimal_rel_frobenius": 0.4,
+    }
+    comp["low_rank"] = {
+        "setting": 8,
+        "ranks": {"fc1": 8},
+        "weights_before": 4256,
+        "weights_after": 2080,
+        "float_factorised": 0.5627,
+        "float_finetuned": 0.7465,
+        "finetune_epochs": 30,
+        "layers": [layer, {"layer": "fc4", "factorised": False, "optimal_rel_frobenius": 0.0}],
+    }
+    (run / "compress.json").write_text(json.dumps(comp))
+    text = _build(run)
+    assert re.search(
+        r"<td>low rank \(fine-tuned\)</td><td[^>]*>74\.65 %</td><td[^>]*>-0\.35 pp", text
+    )
+    assert (
+        "Low-rank factorisation before QAT (compress.low_rank = 8): ranks fc1 8; 4,256 -&gt; 2,080 "
+        "on-chip weights; randomized SVD error at most 1.050x the optimal; float metric 56.27 % "
+        "just after factorising, 74.65 % after 30 fine-tuning epochs."
+    ) in text
+    # a run without it shows neither
+    plain = _build(_run_folder(tmp_path / "plain"))
+    assert "low rank" not in plain and "Low-rank" not in plain
