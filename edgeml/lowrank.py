@@ -35,9 +35,8 @@ import torch
 from torch import nn
 
 from edgeml.errors import ConfigError
+from edgeml.models.training import ACT_COLLECT_STATS_STEPS
 
-#: Statistics steps of the mid-factor quantizer's scale (as the zoo's ReLU quantizers).
-MID_COLLECT_STATS_STEPS = 30
 _FACTORABLE = (nn.Linear, nn.Conv1d, nn.Conv2d)
 
 
@@ -271,7 +270,7 @@ def _quant_factors(m: nn.Module, rank: int, bit_width: int) -> LowRank:
     mid = qnn.QuantIdentity(
         act_quant=Int8ActPerTensorFixedPoint,
         bit_width=bits,
-        collect_stats_steps=MID_COLLECT_STATS_STEPS,
+        collect_stats_steps=ACT_COLLECT_STATS_STEPS,
         return_quant_tensor=True,
     )
     return LowRank(first, mid, second, rank)
