@@ -44,6 +44,7 @@ with warnings.catch_warnings():
     from brevitas import nn as qnn
     from brevitas.inject.enum import ScalingImplType
     from brevitas.quant import (
+        Int8ActPerTensorFixedPoint,
         Int8WeightPerTensorFixedPoint,
         Int16Bias,
         Uint8ActPerTensorFixedPoint,
@@ -179,14 +180,22 @@ def qlinear(n_in: int, n_out: int, bit_width: int, last: bool = False) -> qnn.Qu
     )
 
 
-def qrelu(bit_width: int) -> qnn.QuantReLU:
-    """An unsigned PoT-scaled QAT ReLU of ``bit_width`` bits."""
-    return qnn.QuantReLU(
-        act_quant=Uint8ActPerTensorFixedPoint,
+def qact(bit_width: int, signed: bool = True) -> nn.Module:
+    """A PoT-scaled QAT activation quantizer of ``bit_width`` bits: a signed identity,
+    or (``signed=False``) an unsigned ReLU."""
+    quant = Int8ActPerTensorFixedPoint if signed else Uint8ActPerTensorFixedPoint
+    cls = qnn.QuantIdentity if signed else qnn.QuantReLU
+    return cls(
+        act_quant=quant,
         bit_width=bit_width,
         collect_stats_steps=ACT_COLLECT_STATS_STEPS,
         return_quant_tensor=True,
     )
+
+
+def qrelu(bit_width: int) -> qnn.QuantReLU:
+    """An unsigned PoT-scaled QAT ReLU of ``bit_width`` bits."""
+    return qact(bit_width, signed=False)
 
 
 def _qinput() -> qnn.QuantIdentity:

@@ -118,6 +118,7 @@ from ._molnet_data import (
     scaffold_split,  # noqa: F401 (re-exported)
     split,
 )
+from .digits import qact, qlinear
 from .training import Dataset, TrainSettings
 
 with warnings.catch_warnings():
@@ -125,9 +126,6 @@ with warnings.catch_warnings():
     from brevitas import nn as qnn
     from brevitas.inject.enum import ScalingImplType
     from brevitas.quant import (
-        Int8ActPerTensorFixedPoint,
-        Int8WeightPerTensorFixedPoint,
-        Int16Bias,
         Uint8ActPerTensorFixedPoint,
     )
 
@@ -137,7 +135,6 @@ HOST_HIDDEN_FP: tuple[int, int] = (128, 64)
 HOST_HIDDEN_GCN = 64
 #: Published FreeSolv test RMSE (kcal/mol, random split) of MoleculeNet's graph models.
 PUBLISHED_FREESOLV_RMSE: dict[str, float] = {"GC": 1.40, "MPNN": 1.15}
-ACT_COLLECT_STATS_STEPS = training.ACT_COLLECT_STATS_STEPS
 #: Epochs of the host MLP and GCN in :func:`finding` (the best epoch on valid is kept).
 HOST_EPOCHS = 100
 QUICK_EPOCHS: dict[str, int] = {"freesolv": 40, "solubility": 12}
@@ -377,29 +374,6 @@ def _check_bit_width(bit_width: int) -> None:
         raise ConfigError(f"bit_width must be an integer from 2 to 8, got {bit_width!r}")
 
 
-def _qlinear(n_in: int, n_out: int, bit_width: int, quant_out: bool = True) -> qnn.QuantLinear:
-    return qnn.QuantLinear(
-        n_in,
-        n_out,
-        bias=True,
-        weight_quant=Int8WeightPerTensorFixedPoint,
-        weight_bit_width=bit_width,
-        bias_quant=Int16Bias,
-        return_quant_tensor=quant_out,
-    )
-
-
-def _qact(bit_width: int, signed: bool = True) -> nn.Module:
-    quant = Int8ActPerTensorFixedPoint if signed else Uint8ActPerTensorFixedPoint
-    cls = qnn.QuantIdentity if signed else qnn.QuantReLU
-    return cls(
-        act_quant=quant,
-        bit_width=bit_width,
-        collect_stats_steps=ACT_COLLECT_STATS_STEPS,
-        return_quant_tensor=True,
-    )
-
-
 def _const(quant: type) -> qnn.QuantIdentity:
     return qnn.QuantIdentity(act_quant=quant, return_quant_tensor=True)
 
@@ -413,11 +387,11 @@ class EdgeFingerprintMLP(nn.Module):
         self.bit_width = bit_width
         h1, h2 = EDGE_HIDDEN_FP
         self.inp = _const(BitInputQuant)
-        self.fc1 = _qlinear(n_in, h1, bit_width)
-        self.relu1 = _qact(bit_width, signed=False)
-        self.fc2 = _qlinear(h1, h2, bit_width)
-        self.relu2 = _qact(bit_width, signed=False)
-        self.fc3 = _qlinear(h2, 1, bit_width, quant_out=False)
+        self.fc1 = qlinear(n_in, h1, bit_width)
+        self.relu1 = qact(bit_width, signed=False)
+        self.fc2 = qlinear(h1, h2, bit_width)
+        self.relu2 = qact(bit_width, signed=False)
+        self.fc3 = qlinear(h2, 1, bit_width, last=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc3(self.relu2(self.fc2(self.relu1(self.fc1(self.inp(x))))))
@@ -442,14 +416,14 @@ class EdgeGCN(nn.Module):
         self.inp = _const(GraphInputQuant)
         self.qx = _const(FeatureQuant)
         self.qa = _const(AdjacencyQuant)
-        self.lin1 = _qlinear(self.n_feat, hidden, bit_width)
-        self.q1 = _qact(bit_width)
-        self.relu1 = _qact(bit_width, signed=False)
-        self.lin2 = _qlinear(hidden, hidden, bit_width)
-        self.q2 = _qact(bit_width)
-        self.relu2 = _qact(bit_width, signed=False)
-        self.qpool = _qact(max(bit_width, 8))
-        self.head = _qlinear(hidden, 1, bit_width, quant_out=False)
+        self.lin1 = qlinear(self.n_feat, hidden, bit_width)
+        self.q1 = qact(bit_width)
+        self.relu1 = qact(bit_width, signed=False)
+        self.lin2 = qlinear(hidden, hidden, bit_width)
+        self.q2 = qact(bit_width)
+        self.relu2 = qact(bit_width, signed=False)
+        self.qpool = qact(max(bit_width, 8))
+        self.head = qlinear(hidden, 1, bit_width, last=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         v = training.value(self.inp(x))

@@ -81,6 +81,7 @@ from torch import nn
 from edgeml.errors import ConfigError
 
 from . import training
+from .digits import qact
 from .training import Dataset, TrainSettings
 
 with warnings.catch_warnings():
@@ -91,7 +92,6 @@ with warnings.catch_warnings():
         Int8ActPerTensorFixedPoint,
         Int8WeightPerTensorFixedPoint,
         Int16Bias,
-        Uint8ActPerTensorFixedPoint,
     )
 
 #: Sequence length (samples per window) and the model input shape ``(channels, length)``.
@@ -119,7 +119,6 @@ INPUT_FRAC = 6
 INPUT_LIMIT = 2.0 ** (INPUT_BITS - 1 - INPUT_FRAC)
 N_TRAIN = 4000
 N_TEST = 1000
-ACT_COLLECT_STATS_STEPS = training.ACT_COLLECT_STATS_STEPS
 SETTINGS = TrainSettings(lr=3e-3, batch_size=64)
 
 
@@ -471,17 +470,6 @@ def _qconv(c_in: int, c_out: int, k: int, bit_width: int, **kw: Any) -> qnn.Quan
     )
 
 
-def _qact(bit_width: int, signed: bool = True) -> nn.Module:
-    quant = Int8ActPerTensorFixedPoint if signed else Uint8ActPerTensorFixedPoint
-    cls = qnn.QuantIdentity if signed else qnn.QuantReLU
-    return cls(
-        act_quant=quant,
-        bit_width=bit_width,
-        collect_stats_steps=ACT_COLLECT_STATS_STEPS,
-        return_quant_tensor=True,
-    )
-
-
 class EdgeSSM(nn.Module):
     """Brevitas edge form: the S4D kernel as a causal depthwise FIR, then the float model's tail.
 
@@ -502,7 +490,7 @@ class EdgeSSM(nn.Module):
         self.taps = taps
         self.inp = qnn.QuantIdentity(act_quant=InputQuant, return_quant_tensor=True)
         self.enc = _qconv(1, channels, 1, bit_width, bias=False, return_quant_tensor=True)
-        self.q_enc = _qact(bit_width)
+        self.q_enc = qact(bit_width)
         self.fir = _qconv(
             channels,
             channels,
@@ -512,9 +500,9 @@ class EdgeSSM(nn.Module):
             bias=False,
             return_quant_tensor=True,
         )
-        self.q_fir = _qact(bit_width)
+        self.q_fir = qact(bit_width)
         self.mix = _qconv(channels, HIDDEN, 1, bit_width, bias=True, return_quant_tensor=True)
-        self.relu = _qact(bit_width, signed=False)
+        self.relu = qact(bit_width, signed=False)
         self.head = _qconv(HIDDEN, 1, 1, bit_width, bias=True, return_quant_tensor=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
