@@ -655,6 +655,20 @@ class GoldenModel:
         """Compile a cleaned QONNX ``ModelWrapper`` / ``onnx.ModelProto`` / file path."""
         return _Compiler(model, options or GoldenOptions()).compile()
 
+    @classmethod
+    def from_torch(
+        cls, model: Any, input_shape: tuple[int, ...], options: GoldenOptions | None = None
+    ) -> GoldenModel:
+        """Export a Brevitas QAT ``model`` (input ``input_shape``, no batch dimension) to
+        cleaned QONNX as ``edgeml export`` does, in a temporary folder, and compile it."""
+        import tempfile
+
+        from edgeml.export import export_qonnx
+
+        with tempfile.TemporaryDirectory(prefix="edgeml-golden-") as tmp:
+            path = export_qonnx(model, (1, *input_shape), Path(tmp) / "model.qonnx.onnx")
+            return cls.from_onnx(path, options)
+
     # ---- types
     @property
     def input_type(self) -> FixedType:

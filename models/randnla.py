@@ -60,10 +60,8 @@ from __future__ import annotations
 
 import argparse
 import math
-import tempfile
 import time
 import warnings
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -406,13 +404,9 @@ def qat_model(
 def da4ml_cost(model: nn.Module, input_shape: tuple[int, ...] = jets.INPUT_SHAPE) -> float:
     """da4ml's own LUT cost estimate of the model's combinational RTL (export -> golden -> trace)."""
     from edgeml import rtl
-    from edgeml.export import export_qonnx
     from edgeml.golden import GoldenModel
 
-    with tempfile.TemporaryDirectory() as tmp:
-        path = export_qonnx(model, (1, *input_shape), Path(tmp) / "m.onnx")
-        g = GoldenModel.from_onnx(path)
-    return float(rtl.trace_golden(g).comb().cost)
+    return float(rtl.trace_golden(GoldenModel.from_torch(model, input_shape)).comb().cost)
 
 
 def nonzero_weights(model: nn.Module) -> int:

@@ -81,11 +81,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -360,15 +358,11 @@ def member_mean_sdc(
     :func:`edgeml.fault_injection.campaign.run_campaign` over every stored weight and
     bias bit with ``fault_samples`` test digits (SDC: top-1 changes).
     """
-    from edgeml.export import export_qonnx
     from edgeml.fault_injection.campaign import run_campaign
     from edgeml.fault_injection.sites import PERMANENT_PARAMS, enumerate_sites
     from edgeml.golden import GoldenModel
 
-    q = quantize_member(flat, bit_width, data.x_train)
-    with tempfile.TemporaryDirectory(prefix="edgeml-sane-") as tmp:
-        path = export_qonnx(q, (1, *INPUT_SHAPE), Path(tmp) / "member.qonnx.onnx")
-        g = GoldenModel.from_onnx(path)
+    g = GoldenModel.from_torch(quantize_member(flat, bit_width, data.x_train), INPUT_SHAPE)
     xs, ys = data.x_test[:fault_samples], data.y_test[:fault_samples]
     codes = g.quantize_input(xs, on_overflow="saturate")
     res = run_campaign(g, codes, ys, enumerate_sites(g, PERMANENT_PARAMS), progress=False)

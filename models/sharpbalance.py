@@ -106,12 +106,10 @@ from __future__ import annotations
 import argparse
 import itertools
 import math
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass
 from functools import lru_cache
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -774,7 +772,6 @@ def robustness(
     changing > 1 % of predictions), ``weight_sdc`` / ``bias_sdc`` (mean SDC over the
     weight / bias bits alone), ``sites`` and ``weights``.
     """
-    from edgeml.export import export_qonnx
     from edgeml.fault_injection.campaign import run_campaign
     from edgeml.fault_injection.sites import PERMANENT_PARAMS, enumerate_sites
     from edgeml.golden import GoldenModel
@@ -790,9 +787,7 @@ def robustness(
     y_eval = data.y_test[: len(x_eval)]
     for name, fm in (("ensemble", ens_f), ("single", single_f)):
         q = qat(fm, data, bit_width, epochs[1], seed)
-        with tempfile.TemporaryDirectory(prefix="edgeml-sharpbalance-") as tmp:
-            path = export_qonnx(q, (1, jets.N_FEATURES), Path(tmp) / f"{name}.onnx")
-            g = GoldenModel.from_onnx(path)
+        g = GoldenModel.from_torch(q, (jets.N_FEATURES,))
         codes = g.quantize_input(data.x_test)
         acc = float(np.mean(g.predict(codes).reshape(len(codes), -1).argmax(1) == data.y_test))
         sites = enumerate_sites(g, PERMANENT_PARAMS)

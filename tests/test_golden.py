@@ -209,3 +209,26 @@ def test_damaged_golden_ir_is_refused(tmp_path):
     p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
     with pytest.raises(CorruptFileError, match=r"golden IR .* cannot be read"):
         GoldenModel.load(p)
+
+
+def test_from_torch_is_export_then_from_onnx(tmp_path) -> None:
+    """``GoldenModel.from_torch`` compiles what ``export_qonnx`` writes: same integer outputs."""
+    import brevitas_models as bm
+    import torch
+
+    from edgeml.export import export_qonnx
+
+    torch.manual_seed(0)
+    model = bm.mlp()
+    bm.calibrate(model, (1, 8, 8), batches=4, batch=64, scale=0.99)
+    direct = GoldenModel.from_torch(model, (1, 8, 8))
+    via_file = GoldenModel.from_onnx(export_qonnx(model, (1, 1, 8, 8), tmp_path / "m.onnx"))
+    x = bm.digits()[0] * np.float32(0.99)  # inside the ap_ufixed<8,0> input
+    a = direct.predict(direct.quantize_input(x))
+    b = via_file.predict(via_file.quantize_input(x))
+    assert a.dtype.kind == "i" and np.array_equal(a, b)
+    with torch.no_grad():
+        out = model(torch.from_numpy(x))
+    out = out.value if hasattr(out, "value") else out
+    codes = np.round(out.numpy() / direct.output_scale).astype(np.int64)
+    assert int(np.sum(codes.reshape(len(x), -1) != a.reshape(len(x), -1))) == 0

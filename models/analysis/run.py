@@ -34,7 +34,6 @@ import html
 import json
 import logging
 import math
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
@@ -259,17 +258,13 @@ def robustness(
     ``ber_trials`` random multi-bit trials at bit-error rate ``ber`` (accuracy, or the
     share of unchanged outputs without labels); accuracy under Gaussian input noise.
     """
-    from edgeml.export import export_qonnx
     from edgeml.fault_injection.ber import run_ber_sweep
     from edgeml.fault_injection.campaign import run_campaign
     from edgeml.fault_injection.sites import PERMANENT_PARAMS, enumerate_sites
     from edgeml.golden import GoldenModel
 
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="edgeml-analyze-") as tmp:
-        path = Path(tmp) / "model.qonnx.onnx"
-        export_qonnx(edge_model, (1, *spec.input_shape), path)
-        g = GoldenModel.from_onnx(path)
+    g = GoldenModel.from_torch(edge_model, spec.input_shape)
     n = min(len(x), opts.fault_samples)
     xs = np.asarray(x[:n])
     ys = None if y is None else np.asarray(y[:n])
