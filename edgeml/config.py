@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from edgeml.errors import ConfigError, CorruptFileError
+from edgeml.implement import DEFAULT_FAMILY, DEVICES
 
 #: The design `edgeml flow`, `make demo` and `edgeml faults` use when none is named.
 DEFAULT_DESIGN = "jet"
@@ -95,6 +96,36 @@ class RtlConfig(_Strict):
     resources_timeout: float = Field(900.0, gt=0.0, le=86_400.0)
 
 
+class ImplementConfig(_Strict):
+    """Open-source synthesis, place-and-route, timing and bitstream (``edgeml implement``).
+
+    Off in ``edgeml flow`` by default: place-and-route takes minutes (the jet tagger:
+    about 4 on an ECP5-85k). ``edgeml implement`` runs it whatever ``enabled`` says.
+    """
+
+    enabled: bool = False
+    family: str = DEFAULT_FAMILY
+    #: the clock target nextpnr times against, and close_timing aims for
+    clock_mhz: float = Field(100.0, gt=0.0, le=1000.0)
+    #: choose da4ml's pipeline cut (rtl.latency_cutoff) for the clock, iterating place-and-route
+    close_timing: bool = False
+    max_tries: int = Field(4, ge=1, le=12)
+    seed: int = Field(1, ge=0)
+    #: vectors the post-synthesis netlist is simulated on (0: skip that check)
+    netlist_vectors: int = Field(10_000, ge=0, le=10_000_000)
+    bitstream: bool = True
+    #: also the ASIC view: a generic-gate area/depth estimate and hls4ml's Catapult project
+    asic: bool = True
+    timeout_s: float = Field(3600.0, gt=0.0, le=86_400.0)
+
+    @field_validator("family")
+    @classmethod
+    def _family(cls, value: str) -> str:
+        if value not in DEVICES:
+            raise ValueError(f"unknown device {value!r}; allowed: {', '.join(DEVICES)}")
+        return value
+
+
 class VerifyConfig(_Strict):
     """How many vectors each level is compared on."""
 
@@ -135,6 +166,7 @@ class FlowConfig(_Strict):
     hls: HlsConfig = HlsConfig()
     rtl: RtlConfig = RtlConfig()
     verify: VerifyConfig = VerifyConfig()
+    implement: ImplementConfig = ImplementConfig()
     faults: FaultConfig = FaultConfig()
 
 

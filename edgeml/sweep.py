@@ -112,6 +112,10 @@ class SweepConfig:
     point_hook: PointHook | None = None
     #: where points are cached, relative to ``out``
     points_subdir: str = "points"
+    #: place and route every point on this FPGA (``edgeml.implement.DEVICES``): Fmax,
+    #: latency (ns), LUT4 and FF become objectives next to the metric (minutes per point)
+    implement: str | None = None
+    clock_mhz: float = 100.0
 
     def __post_init__(self) -> None:
         from edgeml.models import zoo
@@ -158,6 +162,12 @@ class SweepConfig:
                 f"epochs_scale must be a number in (0, 10] (a fraction of the design's default "
                 f"epochs, e.g. 0.1 for a quick run); got {scale!r}"
             )
+        if self.implement is not None:
+            from edgeml.implement import device
+
+            device(self.implement)  # a ConfigError names the allowed devices
+            if not 0 < float(self.clock_mhz) <= 1000:
+                raise ConfigError(f"clock_mhz must be in (0, 1000] MHz; got {self.clock_mhz!r}")
         if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 1:
             raise ConfigError(f"workers must be an integer >= 1; got {self.workers!r}")
         if self.scheduler is not None and not str(self.scheduler).strip():
@@ -322,11 +332,13 @@ def run_chain_task(
     float_result: dict[str, Any],
     on_point: Callable[[Point], None] | None = None,
     point_hook: PointHook | None = None,
+    implement: tuple[str, float] | None = None,
 ) -> list[Point]:
     """QAT at ``bits`` from the seed's float model, then prune + fine-tune each sparsity.
 
     Returns one point record per sparsity; ``on_point`` is called as each finishes.
-    ``point_hook`` (see :attr:`SweepConfig.point_hook`) adds ``point["analysis"]``.
+    ``point_hook`` (see :attr:`SweepConfig.point_hook`) adds ``point["analysis"]``;
+    ``implement`` (device, clock MHz) adds ``point["implement"]`` (place-and-route).
     """
     import torch
 
@@ -376,10 +388,21 @@ def run_chain_task(
             }
             if point_hook is not None:
                 point["analysis"] = point_hook(spec, data, float_model, qat, pruned, point)
+            if implement is not None:
+                point["implement"] = _implement_point(spec, pruned, design, *implement)
             points.append(point)
             if on_point is not None:
                 on_point(point)
     return points
+
+
+def _implement_point(spec: Any, pruned: Any, design: str, family: str, mhz: float) -> dict:
+    """Fmax, latency, LUT4 and FF of a point's integer design, placed on ``family``."""
+    from edgeml.golden import GoldenModel
+    from edgeml.implement import ImplementOptions, implement_model
+
+    g = GoldenModel.from_torch(spec.edge(pruned), spec.input_shape)
+    return implement_model(g, design, ImplementOptions(family=family, clock_mhz=mhz))
 
 
 def _publish_point(point: Point) -> None:
@@ -487,6 +510,7 @@ def run_points(cfg: SweepConfig) -> tuple[list[Point], SweepStats, str]:
     out = cfg.out_dir
     points_dir = out / cfg.points_subdir
     need = ("analysis",) if cfg.point_hook is not None else ()
+    need += ("implement",) if cfg.implement is not None else ()
     points_dir.mkdir(parents=True, exist_ok=True)
     grid = cfg.grid()
     stats = SweepStats(points=len(grid))
@@ -545,6 +569,10 @@ def run_points(cfg: SweepConfig) -> tuple[list[Point], SweepStats, str]:
     return points, stats, mode
 
 
+def _implement_arg(cfg: SweepConfig) -> tuple[str, float] | None:
+    return (cfg.implement, float(cfg.clock_mhz)) if cfg.implement is not None else None
+
+
 def _run_serial(
     cfg: SweepConfig,
     epochs: dict[str, int],
@@ -567,6 +595,7 @@ def _run_serial(
             floats[seed],
             on_point=progress.add,
             point_hook=cfg.point_hook,
+            implement=_implement_arg(cfg),
         )
         finish_chain(points)
     return len({seed for seed, _, _ in chains})
@@ -636,6 +665,7 @@ def _run_dask(
                 floats[seed],
                 _publish_point,
                 cfg.point_hook,
+                _implement_arg(cfg),
                 key=f"edgeml-sweep-chain-{cfg.design}-s{seed}-b{bits}-{tag}",
             )
             for seed, bits, todo in chains
@@ -759,6 +789,10 @@ def summarize(points: Sequence[Point], metric: str, higher_is_better: bool) -> d
         row["delta_float"] = float(np.mean([p["metric"] - p["float_metric"] for p in ps]))
         row["qat_mean"] = float(np.mean([p["qat_metric"] for p in ps]))
         row["measured_sparsity"] = float(np.mean([p["measured_sparsity"] for p in ps]))
+        impl = [p["implement"] for p in ps if p.get("implement")]
+        if impl:  # place-and-route objectives (edgeml sweep --implement)
+            for k in ("fmax_mhz", "latency_ns", "lut4", "ff"):
+                row[k] = float(np.mean([i[k] for i in impl if i.get(k) is not None]))
         rows.append(row)
     return {
         "metric": metric,
@@ -794,18 +828,27 @@ def _table_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         f"vs float{dunit}",
         "zeros",
     ]
+    impl = any("fmax_mhz" in r for r in summary["rows"])
+    if impl:
+        head += ["Fmax MHz", "latency ns", "LUT4"]
     body = []
     fl = summary["float"]
     body.append(
         ["float", "-", str(fl["n"])]
         + [_fmt_metric(fl[k], metric) for k in ("mean", "std", "min", "max")]
         + ["", ""]
+        + ["", "", ""] * impl
     )
     for r in summary["rows"]:
         body.append(
             [str(r["bits"]), f"{100 * r['sparsity']:.0f} %", str(r["n"])]
             + [_fmt_metric(r[k], metric) for k in ("mean", "std", "min", "max")]
             + [_fmt_delta(r["delta_float"], metric), f"{100 * r['measured_sparsity']:.1f} %"]
+            + (
+                [f"{r['fmax_mhz']:.1f}", f"{r['latency_ns']:.0f}", f"{r['lut4']:,.0f}"]
+                if impl and "fmax_mhz" in r
+                else ["-"] * 3 * impl
+            )
         )
     return head, body
 
@@ -1120,6 +1163,19 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
         help="skip points cached in OUT/points/ by an earlier run with the same epochs "
         "(default: on)",
     )
+    p.add_argument(
+        "--implement",
+        metavar="DEVICE",
+        help="also place and route every point's integer design on this FPGA (e.g. ecp5-85k; "
+        "yowasp yosys + nextpnr, minutes per point, cached by RTL hash): Fmax, latency (ns) "
+        "and LUT4 join the table as objectives",
+    )
+    p.add_argument(
+        "--clock-mhz",
+        type=float,
+        default=100.0,
+        help="clock target of --implement in MHz (default 100)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar, warnings only")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
 
@@ -1157,6 +1213,8 @@ def config_from_args(args: argparse.Namespace) -> SweepConfig:
         out=args.out,
         resume=args.resume,
         progress=not args.quiet,
+        implement=args.implement,
+        clock_mhz=args.clock_mhz,
     )
 
 

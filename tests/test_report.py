@@ -266,6 +266,7 @@ def test_no_yosys_returns_none(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setattr(resources.shutil, "which", lambda name: None)
+    monkeypatch.setattr(resources.sys, "executable", str(tmp_path / "python"))  # no yowasp beside
     with caplog.at_level("WARNING", logger="edgeml.resources"):
         assert estimate_resources([tmp_path / "x.v"], "x") is None
     assert "yosys not found" in caplog.text

@@ -26,6 +26,7 @@ import pytest
 
 from edgeml.fixed import FixedType, type_for_range
 from edgeml.golden import (
+    ROUNDING_MODES,
     AddTensors,
     Conv,
     Dense,
@@ -568,3 +569,85 @@ def test_verilator_all_new_ops_bit_exact(tmp_path, pipelined):
     assert got.dtype == np.int64 and got.shape == ref.shape
     assert n_bad == 0
     assert d.pipelined == pipelined and (d.latency > 0) == pipelined
+
+
+# --------------------------------------------------------------------------- constant channels
+
+
+def model_dead_channels(rounding: str) -> GoldenModel:
+    """The ECON-T regression: Dense channels with all-zero weights (a dead channel after
+    training: the bias alone, a *constant*) and a narrow channel in ``(-1, 0)`` after the
+    shift, requantised in ``rounding`` to signed codes and, after a ReLU, to unsigned ones.
+
+    ECON-T's dead Conv channel (bias 1470, ReLU, HALF_EVEN shift 7 to 6 unsigned bits)
+    came out 12 instead of 11 in the RTL: da4ml folds a constant's unsigned wrap (the
+    round-to-even LSB, ``floor(z) mod 2``) modulo 4. The biases span every residue and
+    tie of the shift, both signs. The narrow channel (``{-7, -5, -3} / 8``) reaches a sum in
+    ``(-1/2, 1/2)`` when rounded to even: a value with no integer bit, where da4ml's
+    ``quantize`` to an integer dropped the sign (-1 became 0).
+    """
+    rng = np.random.default_rng(14)
+    dead = np.arange(-40, 41)  # every residue of a shift by 3, ties included, both signs
+    w = np.zeros((16, 3 + len(dead)), np.int64)
+    w[:8, :2] = rng.integers(-31, 32, (8, 2))  # two live channels
+    w[8, 2] = 2  # 2 * q1[0] (q1 in [0, 2]) plus bias -7: the narrow channel {-7, -5, -3}
+    bias = np.concatenate([rng.integers(-99, 100, 2), [-7], dead])
+    m = w.shape[1]
+    ops = [
+        _rq("q0", "x", 1, 6),
+        Requant("q1", ["x"], "q1", shift=6, lo=0, hi=3),
+        Gather("cat", ["q0", "q1"], "cat", index=np.arange(16), shape=(16,)),
+        Dense("d", ["cat"], "d", weight=w, weight_type=FixedType(True, 6, 0), bias=bias,
+              bias_type=FixedType(True, 8, 0)),
+        Requant("qs", ["d"], "qs", shift=3, rounding=rounding, lo=-32, hi=31),
+        Relu("relu", ["d"], "relu"),  # ECON-T: ReLU, then an unsigned requant
+        Requant("qu", ["relu"], "qu", shift=3, rounding=rounding, lo=0, hi=63),
+        Gather("out", ["qs", "qu"], "out", index=np.arange(2 * m), shape=(2 * m,)),
+    ]  # fmt: skip
+    return _golden(ops, (8,), FixedType(True, 8, 0))
+
+
+@pytest.mark.parametrize("rounding", ROUNDING_MODES)
+def test_constant_and_narrow_channels_round_exactly(rounding):
+    """Dead (constant) and sub-unit channels through every rounding mode: traced == golden.
+
+    Without the fix, HALF_EVEN differs on every vector (dead channels whose ``floor`` is
+    2 or 3 mod 4, and the narrow channel), as ECON-T's RTL did on 5,240 of 15,069.
+    """
+    from edgeml.rtl import trace_golden
+
+    g = model_dead_channels(rounding)
+    x = _vectors(g, n=2000, seed=14)
+    ref = g.predict(x)
+    tr = trace_golden(g)
+    m = len(tr.outputs) // 2
+    dead = np.arange(-40, 41)
+    assert all(v.low == v.high for v in [*tr.outputs[3:m], *tr.outputs[m + 3 :]])
+    assert tr.outputs[2].low != tr.outputs[2].high or rounding in ("FLOOR", "CEIL", "DOWN", "UP")
+    if rounding == "HALF_EVEN":  # numpy's round is half to even: 20/8 = 2.5 -> 2, -12/8 -> -2
+        assert [int(v.low) for v in tr.outputs[3:m]] == list(np.round(dead / 8))
+        assert [int(v.low) for v in tr.outputs[m + 3 :]] == list(np.round(np.maximum(dead, 0) / 8))
+    got = tr.predict_int(x)
+    n_bad = _n_bad(got, ref)
+    print(f"\n[rtl-ops] dead channels, {rounding}: {n_bad} of {len(x)} vectors differ")
+    assert n_bad == 0
+    narrow = {"FLOOR": {-1}, "UP": {-1}, "CEIL": {0}, "DOWN": {0}}  # of -0.875, -0.625, -0.375
+    assert set(ref[:, 2]) == narrow.get(rounding, {-1, 0})
+    _, gt = g.run(x[:300], trace=True)
+    ours = tr.trace_int(x[:300])
+    assert [k for k in gt if not np.array_equal(ours[k], gt[k])] == []
+
+
+@pytest.mark.rtl
+def test_verilator_dead_channels_bit_exact(tmp_path):
+    """The ECON-T pattern (dead and narrow channels, HALF_EVEN requants) Verilated: == golden."""
+    from edgeml.rtl import generate_rtl
+
+    g = model_dead_channels("HALF_EVEN")
+    d = generate_rtl(g, tmp_path / "dead", "dead", pipelined=True)
+    d.build()
+    x = _vectors(g, n=3000, seed=15)
+    ref = g.predict(x)
+    n_bad = _n_bad(d.predict_int(x), ref)
+    print(f"\n[rtl-ops] dead channels in Verilator: {n_bad} of {len(x)} vectors differ")
+    assert n_bad == 0
