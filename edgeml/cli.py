@@ -474,6 +474,7 @@ _FLAG_OF = {
     "compress.low_rank": "--low-rank",
     "verify.n_random": "--vectors",
     "implement.family": "--family",
+    "implement.speed": "--speed",
     "implement.clock_mhz": "--clock-mhz",
     "implement.close_timing": "--close-timing",
     "implement.max_tries": "--max-tries",
@@ -504,6 +505,12 @@ def _add_implement_args(sp: argparse.ArgumentParser) -> None:
         metavar="DEVICE",
         help=f"FPGA: {', '.join(f'{k} ({d.part})' for k, d in DEVICES.items())} "
         f"(implement.family; default {DEFAULT_FAMILY})",
+    )
+    sp.add_argument(
+        "--speed",
+        type=int,
+        choices=(6, 7, 8),
+        help="ECP5 speed grade (implement.speed; default 6, the slowest)",
     )
     sp.add_argument(
         "--clock-mhz", type=float, help="clock target in MHz (implement.clock_mhz; default 100)"
@@ -610,6 +617,7 @@ def _context(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any] | None]
         "compress.low_rank": args.low_rank,
         "verify.n_random": args.vectors,
         "implement.family": getattr(args, "family", None),
+        "implement.speed": getattr(args, "speed", None),
         "implement.clock_mhz": getattr(args, "clock_mhz", None),
         "implement.close_timing": getattr(args, "close_timing", None),
         "implement.max_tries": getattr(args, "max_tries", None),
@@ -818,6 +826,8 @@ def main(argv: list[str] | None = None) -> int:
                 from edgeml.implement import summary_line
 
                 print(summary_line(info))
+                if ctx.run.file("report.html").exists():  # its Implementation section
+                    STAGE_FUNCS["report"](ctx)
     except _UsageError as exc:
         print(f"edgeml {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

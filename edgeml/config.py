@@ -105,6 +105,8 @@ class ImplementConfig(_Strict):
 
     enabled: bool = False
     family: str = DEFAULT_FAMILY
+    #: ECP5 speed grade (6 is the slowest and nextpnr's default; 8 the fastest)
+    speed: Literal[6, 7, 8] = 6
     #: the clock target nextpnr times against, and close_timing aims for
     clock_mhz: float = Field(100.0, gt=0.0, le=1000.0)
     #: choose da4ml's pipeline cut (rtl.latency_cutoff) for the clock, iterating place-and-route

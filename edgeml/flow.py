@@ -958,10 +958,13 @@ def _shipped_rtl_level(
             if not changes:
                 found = (source, model, regen, changes)
                 break
-        source, model, regen, changes = found
-        rtl_edited = any(d["file"].startswith("rtl/") for d in drift)
-        # an edit is named by simulating both netlists (read now, while the generated one exists)
-        namer = _EditNamer(regen, shipped, model, x) if changes and rtl_edited else None
+        if found is None:  # nothing regenerates (e.g. an unusable saved cut): still run it
+            source, regen, changes, namer = "nothing", None, [], None
+        else:
+            source, model, regen, changes = found
+            rtl_edited = any(d["file"].startswith("rtl/") for d in drift)
+            # an edit is named by simulating both netlists (read now, while the generated one exists)
+            namer = _EditNamer(regen, shipped, model, x) if changes and rtl_edited else None
     edited = [c for c in changes if c["change"] == "edited"]
     try:
         shipped.build(use_cache=rtl_cache)
@@ -970,7 +973,7 @@ def _shipped_rtl_level(
         res.note = f"the shipped Verilog does not build: {str(exc)[-400:]}"
         res.first_divergent_layer = (namer and namer.label(edited)) or "build"
         return res, changes
-    if not changes:
+    if regen is not None and not changes:
         shipped.traced = regen.traced  # the sources are that model's: its trace names the layer
     res = V.run_level(
         "RTL (Verilator)", g, x, ref, shipped.predict_int, shipped.traced and shipped.trace_int
@@ -982,6 +985,10 @@ def _shipped_rtl_level(
         res.note = f"sources differ from what {source} generates: {files}"
         if not res.passed and namer is not None:
             res.first_divergent_layer = namer.label(edited) or res.first_divergent_layer
+    elif regen is None:
+        res.note = (
+            "the Verilog could not be regenerated from the model, so a divergence is not named"
+        )
     elif source != models[-1][0]:
         res.note = f"the Verilog is what {source} generates; the model changed since"
     return res, changes
@@ -1305,6 +1312,7 @@ def implement_options(ctx: Context) -> Any:
     c = ctx.cfg.implement
     return ImplementOptions(
         family=c.family,
+        speed=c.speed,
         clock_mhz=c.clock_mhz,
         seed=c.seed,
         netlist_vectors=c.netlist_vectors,

@@ -12,11 +12,11 @@ from PyPI pinned in ``pyproject.toml``. It writes into ``<run>/implement/``:
 - ``<top>.bit`` (``ecppack``) and ``<top>.config`` (Trellis text), the
   nextpnr report and log, and the synthesised netlist ``<top>_synth.v``.
 
-A design whose synthesised LUT4/FF count (or I/O count) exceeds the chosen
-device is refused before place-and-route, with the estimate. A design with more
-I/O bits than the largest package's pins is placed out of context (no I/O
-buffers, as FPGA tools time a block): utilisation and Fmax are real, but no
-bitstream is written, and the result says so.
+A design whose synthesised LUT4/FF count exceeds the chosen device is refused
+before place-and-route, with the estimate. A design with more port bits than the
+package has pins is placed inside a serialising shell (:func:`shell_verilog`:
+four pins, shift registers on both ports), so it still gets a bitstream; the
+design module stays a hierarchy boundary and its netlist is the one simulated.
 
 Results are cached under ``<edgeml cache>/implement/<key>``, the key being the
 RTL hash, the device, clock, seed and tool versions, so re-running on the same
@@ -45,7 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -83,40 +83,58 @@ class Device:
     arch: str
     nextpnr_flag: str
     package: str
-    part: str
+    die: str  # the part number before the speed grade, e.g. LFE5U-85F
+    package_code: str  # the package in the part number, e.g. BG756
     luts: int  # LUT4s (TRELLIS_COMB slots)
     ffs: int
     io: int  # user I/O of the package
+    speed: int = 6  # speed grade: 6 (slowest, nextpnr's default), 7 or 8
+
+    @property
+    def part(self) -> str:
+        return f"{self.die}-{self.speed}{self.package_code}C"
 
     def describe(self) -> str:
         return f"{self.part} ({self.luts:,} LUT4, {self.ffs:,} FF, {self.io} I/O)"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "part": self.part}
 
 
 #: The devices ``edgeml implement --family`` accepts; the largest package of each die.
 DEVICES: dict[str, Device] = {
     d.name: d
     for d in (
-        Device("ecp5-25k", "ecp5", "--25k", "CABGA381", "LFE5U-25F-6BG381C", 24_288, 24_288, 197),
-        Device("ecp5-45k", "ecp5", "--45k", "CABGA554", "LFE5U-45F-6BG554C", 43_848, 43_848, 245),
-        Device("ecp5-85k", "ecp5", "--85k", "CABGA756", "LFE5U-85F-6BG756C", 83_640, 83_640, 365),
+        Device("ecp5-25k", "ecp5", "--25k", "CABGA381", "LFE5U-25F", "BG381", 24_288, 24_288, 197),
+        Device("ecp5-45k", "ecp5", "--45k", "CABGA554", "LFE5U-45F", "BG554", 43_848, 43_848, 245),
+        Device("ecp5-85k", "ecp5", "--85k", "CABGA756", "LFE5U-85F", "BG756", 83_640, 83_640, 365),
     )
 }
+#: ECP5 speed grades nextpnr times for (``--speed``).
+SPEED_GRADES = (6, 7, 8)
 DEFAULT_FAMILY = "ecp5-85k"
 #: ns of placed ECP5 delay per unit of da4ml's latency_cutoff, measured on the jet tagger
 #: (cutoff 5.0 -> a 21.4 ns critical path on an LFE5U-85F); the first guess of close_timing.
 NS_PER_CUTOFF_UNIT = {"ecp5": 4.3}
 #: close_timing aims this much below the clock period, leaving room for placement noise.
-_CLOSURE_MARGIN = 0.9
+_CLOSURE_MARGIN = 0.95
+#: the smallest ratio of one try's cut to the previous one
+_MAX_STEP = 0.6
 
 
-def device(name: str) -> Device:
-    """The :class:`Device` of a family name, or a ConfigError naming the allowed ones."""
+def device(name: str, speed: int = 6) -> Device:
+    """The :class:`Device` of a family name and speed grade, or a ConfigError naming the allowed ones."""
     if name not in DEVICES:
         raise ConfigError(
             f"config field 'implement.family': unknown device {name!r}; allowed: "
             f"{', '.join(DEVICES)}"
         )
-    return DEVICES[name]
+    if speed not in SPEED_GRADES:
+        raise ConfigError(
+            f"config field 'implement.speed': speed grade {speed!r}; allowed: "
+            f"{', '.join(map(str, SPEED_GRADES))}"
+        )
+    return replace(DEVICES[name], speed=speed)
 
 
 # --------------------------------------------------------------------------- tools
@@ -201,8 +219,57 @@ def _synth_files(design: Any) -> list[Path]:
     return [p for p in files if p.stem != design.wrapper_top]
 
 
-def synthesize(design: Any, work: Path, *, timeout_s: float = 3600) -> SynthResult:
-    """``synth_ecp5`` of the design's top (da4ml's ``clk``/``model_inp``/``model_out`` module)."""
+def shell_verilog(design: Any) -> str:
+    """A top with four pins around the design, for a device with fewer pins than its ports.
+
+    ``sin`` shifts the input word in one bit per clock; ``load`` captures the output
+    word, which ``sout`` shifts out. Every design port is a register of the shell, so
+    the design's own paths (register to register) are what nextpnr times, and the
+    shell adds only its shift registers. The design module itself is kept as a
+    hierarchy boundary in synthesis: its netlist is what is simulated.
+    """
+    text = (design.src_dir / f"{design.top}.v").read_text()
+    head = text[: text.find(");") + 2]
+    widths = {
+        name: abs(int(hi) - int(lo)) + 1
+        for hi, lo, name in re.findall(
+            r"(?:input|output)\s+(?:reg\s+)?\[(\d+):(\d+)\]\s*(\w+)", head
+        )
+    }
+    ni, no = widths["model_inp"], widths["model_out"]
+    clk = "        .clk(clk),\n" if design.pipelined else ""
+    return f"""// edgeml: a serialising shell for place-and-route (the design has {ni + no} port bits)
+module {design.top}_shell (input clk, input sin, input load, output sout);
+    reg [{ni - 1}:0] in_sr;
+    reg [{no - 1}:0] out_sr;
+    wire [{no - 1}:0] y;
+    {design.top} dut (
+{clk}        .model_inp(in_sr),
+        .model_out(y)
+    );
+    always @(posedge clk) begin
+        in_sr <= {{in_sr[{ni - 2}:0], sin}};
+        if (load) out_sr <= y;
+        else out_sr <= {{out_sr[{no - 2}:0], 1'b0}};
+    end
+    assign sout = out_sr[{no - 1}];
+endmodule
+"""
+
+
+#: Pins of the serialising shell: clk, sin, load, sout.
+SHELL_PINS = 4
+
+
+def synthesize(
+    design: Any, work: Path, *, shell: bool = False, timeout_s: float = 3600
+) -> SynthResult:
+    """``synth_ecp5`` of the design's top (da4ml's ``clk``/``model_inp``/``model_out`` module).
+
+    With ``shell`` the top placed is :func:`shell_verilog`'s, the design module a
+    hierarchy boundary inside it; the netlist written holds both modules, and the
+    design's is the one simulated.
+    """
     from edgeml.resources import parse_stat_json
 
     work.mkdir(parents=True, exist_ok=True)
@@ -215,10 +282,15 @@ def synthesize(design: Any, work: Path, *, timeout_s: float = 3600) -> SynthResu
     for p in _synth_files(design):
         shutil.copy2(p, src / p.name)
     reads = " ".join(f"src/{p.name}" for p in _synth_files(design))
+    place_top, keep = top, ""
+    if shell:
+        place_top = f"{top}_shell"
+        (src / f"{place_top}.v").write_text(shell_verilog(design))
+        reads += f" src/{place_top}.v"
+        keep = f"setattr -mod -set keep_hierarchy 1 {top}\n"
     (work / "synth.ys").write_text(
         f"read_verilog -defer {reads}\n"
-        f"hierarchy -top {top}\n"
-        f"synth_ecp5 -top {top} -json {top}.json\n"
+        f"hierarchy -top {place_top}\n" + keep + f"synth_ecp5 -top {place_top} -json {top}.json\n"
         "tee -q -o stat.json stat -json\n"
         f"write_verilog -noattr {top}_synth.v\n"
     )
@@ -279,7 +351,6 @@ class PnrResult:
     critical_path: dict[str, Any]
     io_paths: list[dict[str, Any]]
     seconds: float
-    out_of_context: bool
 
     @property
     def met(self) -> bool:
@@ -299,7 +370,6 @@ def place_and_route(
     work: Path,
     *,
     seed: int = 1,
-    out_of_context: bool = False,
     timeout_s: float = 3600,
     progress: bool = False,
 ) -> PnrResult:
@@ -311,6 +381,8 @@ def place_and_route(
         dev.nextpnr_flag,
         "--package",
         dev.package,
+        "--speed",
+        str(dev.speed),
         "--freq",
         f"{clock_mhz:g}",
         "--json",
@@ -321,10 +393,7 @@ def place_and_route(
         str(seed),
         "--timing-allow-fail",
     ]
-    if out_of_context:
-        cmd.append("--out-of-context")
-    else:
-        cmd += ["--lpf-allow-unconstrained", "--textcfg", f"{top}.config"]
+    cmd += ["--lpf-allow-unconstrained", "--textcfg", f"{top}.config"]
     t0 = time.perf_counter()
     with timed_bar(
         f"implement: nextpnr-ecp5 {dev.name} @ {clock_mhz:g} MHz",
@@ -350,7 +419,6 @@ def place_and_route(
         critical_path=_summarise_path(reg[0]) if reg else {},
         io_paths=[_summarise_path(p) for p in io],
         seconds=seconds,
-        out_of_context=out_of_context,
     )
 
 
@@ -368,7 +436,7 @@ def _summarise_path(p: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-_FF_CELL = re.compile(r"^(?:stage(\d+)\.)?(\w+?)_TRELLIS_FF_Q(?:_(\d+))?$")
+_FF_CELL = re.compile(r"^(?:dut\.)?(?:stage(\d+)\.)?(\w+?)_TRELLIS_FF_Q(?:_(\d+))?$")
 _ALIAS = re.compile(r"assign (v\d+)\[(\d+):(\d+)\] = model_inp\[(\d+):(\d+)\];")
 _OUT = re.compile(r"assign model_out\[(\d+):(\d+)\] = (v\d+)\[(\d+):(\d+)\];")
 
@@ -483,7 +551,9 @@ def netlist_design(design: Any, netlist: Path, dest: Path) -> Any:
     shutil.rmtree(dest, ignore_errors=True)
     (dest / "src" / "static").mkdir(parents=True)
     (dest / "sim").mkdir()
-    shutil.copy2(netlist, dest / "src" / f"{design.top}.v")
+    text = netlist.read_text()  # without the serialising shell, if there is one
+    text = re.sub(rf"module {design.top}_shell\b.*?endmodule\n?", "", text, flags=re.S)
+    (dest / "src" / f"{design.top}.v").write_text(text)
     shutil.copy2(design.src_dir / f"{design.wrapper_top}.v", dest / "src")
     cells = _cell_models(dest / "src" / "ecp5_cells_sim.v")
     for f in design.sim_dir.iterdir():
@@ -531,6 +601,7 @@ class ImplementOptions:
     """What ``edgeml implement`` does (the ``implement`` config section, or the command line)."""
 
     family: str = DEFAULT_FAMILY
+    speed: int = 6
     clock_mhz: float = 100.0
     seed: int = 1
     netlist_vectors: int = 10_000
@@ -542,7 +613,7 @@ class ImplementOptions:
     def key(self, rtl_hash: str) -> str:
         d = {
             "rtl": rtl_hash,
-            "family": self.family,
+            "device": device(self.family, self.speed).to_dict(),
             "clock_mhz": self.clock_mhz,
             "seed": self.seed,
             "bitstream": self.bitstream,
@@ -587,7 +658,7 @@ def implement_run(run_dir: str | Path, opts: ImplementOptions) -> dict[str, Any]
     from edgeml.flow import run_context, verify_inputs
 
     run_dir = Path(run_dir)
-    dev = device(opts.family)
+    dev = device(opts.family, opts.speed)
     design, rtl_hash = verified_rtl(run_dir)
     out = run_dir / IMPL_DIR
     shutil.rmtree(out, ignore_errors=True)  # nothing of another design's implementation lingers
@@ -657,19 +728,20 @@ def _implement_fresh(
 
     with tempfile.TemporaryDirectory(prefix="edgeml_impl_") as tmp:
         work = Path(tmp)
-        with timed_bar(f"implement: yosys synth_ecp5 of {design.top}", None, opts.progress):
-            synth = synthesize(design, work, timeout_s=opts.timeout_s)
-        check_fits(synth, dev)
         pins = io_bits(design)
-        ooc = pins > dev.io
-        if ooc:
+        shell = pins > dev.io
+        if shell:
             log.warning(
-                "implement: %d I/O bits exceed the %d pins of %s; placing out of context "
-                "(no I/O buffers, no bitstream)",
+                "implement: %d port bits exceed the %d pins of %s; placing the design in a "
+                "serialising shell (%d pins)",
                 pins,
                 dev.io,
                 dev.part,
+                SHELL_PINS,
             )
+        with timed_bar(f"implement: yosys synth_ecp5 of {design.top}", None, opts.progress):
+            synth = synthesize(design, work, shell=shell, timeout_s=opts.timeout_s)
+        check_fits(synth, dev)
         pnr = place_and_route(
             synth,
             design.top,
@@ -677,16 +749,15 @@ def _implement_fresh(
             opts.clock_mhz,
             work,
             seed=opts.seed,
-            out_of_context=ooc,
             timeout_s=opts.timeout_s,
             progress=opts.progress,
         )
         bit = None
-        if opts.bitstream and not ooc:
+        if opts.bitstream:
             with timed_bar("implement: ecppack", None, opts.progress):
                 bit = pack_bitstream(work, design.top, timeout_s=opts.timeout_s)
         keep = [synth.netlist_path, work / "report.json", work / "nextpnr.log", work / "stat.json"]
-        keep += [work / f"{design.top}.config"] if not ooc else []
+        keep += [work / f"{design.top}.config"]
         keep += [bit] if bit else []
         for f in keep:
             shutil.copy2(f, out / ("nextpnr_report.json" if f.name == "report.json" else f.name))
@@ -694,7 +765,7 @@ def _implement_fresh(
     fmax = pnr.fmax_mhz
     cycles = design.latency
     info: dict[str, Any] = {
-        "device": asdict(dev),
+        "device": dev.to_dict(),
         "top": design.top,
         "rtl_sha256": rtl_hash,
         "latency_cutoff": design.latency_cutoff,
@@ -710,7 +781,7 @@ def _implement_fresh(
         "synth_seconds": synth.seconds,
         "utilisation": pnr.utilisation,
         "io_bits": pins,
-        "out_of_context": ooc,
+        "shell": shell,
         "critical_path": pnr.critical_path,
         "critical_path_named": None,
         "io_paths": pnr.io_paths,
@@ -720,10 +791,11 @@ def _implement_fresh(
         "seed": opts.seed,
         "tools": tool_versions(),
     }
-    if ooc:
+    if shell:
         info["note"] = (
-            f"{pins} I/O bits exceed the {dev.io} pins of {dev.part}: placed out of context "
-            "(no I/O buffers), so no bitstream; a board design serialises the ports"
+            f"{pins} port bits exceed the {dev.io} pins of {dev.part}: placed inside a "
+            f"serialising shell ({design.top}_shell: clk, sin, load, sout; its shift registers "
+            "are counted in the utilisation)"
         )
     return info
 
@@ -742,6 +814,25 @@ def first_cutoff(dev: Device, clock_mhz: float) -> float:
     return round(_CLOSURE_MARGIN * (1000.0 / clock_mhz) / NS_PER_CUTOFF_UNIT[dev.arch], 2)
 
 
+def prior_tries(run_dir: Path, dev: Device, clock_mhz: float) -> list[ClosureTry]:
+    """The tries of an earlier close_timing of this run for the same device and clock.
+
+    They are measurements of this model's placed delay against the cut, so a new
+    close_timing goes on from them (resuming, or with more tries) instead of
+    starting over.
+    """
+    path = run_dir / IMPL_DIR / IMPL_JSON
+    if not path.is_file():
+        return []
+    info = read_json(path)
+    cl = info.get("closure") or {}
+    same = info.get("device", {}).get("part") == dev.part and cl.get("target_mhz") == clock_mhz
+    if not same:
+        return []
+    names = {f.name for f in fields(ClosureTry)}
+    return [ClosureTry(**{k: v for k, v in t.items() if k in names}) for t in cl.get("tries", [])]
+
+
 def next_cutoff(tries: list[ClosureTry], clock_mhz: float) -> float:
     """The next cut to try, from the placed critical-path delays of the tries so far.
 
@@ -754,15 +845,16 @@ def next_cutoff(tries: list[ClosureTry], clock_mhz: float) -> float:
     target = _CLOSURE_MARGIN * 1000.0 / clock_mhz
     pts = [(t.latency_cutoff, 1000.0 / t.fmax_mhz) for t in tries if t.fmax_mhz]
     c_last, d_last = pts[-1]
+    guess = c_last * target / d_last
     if len(pts) >= 2:
         c = np.array([p[0] for p in pts])
         d = np.array([p[1] for p in pts])
         b, a = np.polyfit(c, d, 1)
-        if b > 0 and target > a:
-            return round(float((target - a) / b), 2)
-        if b > 0:  # the fixed part alone exceeds the period: halve the cut and see
-            return round(c_last / 2, 2)
-    return round(c_last * target / d_last, 2)
+        if b > 0:
+            guess = (target - a) / b if target > a else 0.0
+    # a step at most halves the cut: registers grow as 1/cut, and congestion with them
+    # (the jet tagger placed slower at 82 stages than at 34)
+    return round(float(max(guess, _MAX_STEP * c_last)), 2)
 
 
 @dataclass
@@ -792,12 +884,12 @@ def close_timing(ctx: Any, opts: ImplementOptions, *, max_tries: int = 4) -> dic
     from edgeml.rtl import generate_rtl
 
     run_dir = ctx.run.path
-    dev = device(opts.family)
+    dev = device(opts.family, opts.speed)
     g = ctx.golden()
     base, _ = verified_rtl(run_dir)
-    cutoff = first_cutoff(dev, opts.clock_mhz)
-    tries: list[ClosureTry] = []
-    seen: set[float] = set()
+    tries = prior_tries(run_dir, dev, opts.clock_mhz)
+    cutoff = next_cutoff(tries, opts.clock_mhz) if tries else first_cutoff(dev, opts.clock_mhz)
+    seen = {t.latency_cutoff for t in tries}
     for _ in range(max_tries):
         if cutoff in seen:
             break
@@ -810,7 +902,11 @@ def close_timing(ctx: Any, opts: ImplementOptions, *, max_tries: int = 4) -> dic
             work = Path(tmp) / "impl"
             work.mkdir()
             # cached by the RTL's hash: the chosen try's result is reused when it is implemented
-            r = _implemented(cand, cand.compute_hash(), dev, opts, work)
+            try:
+                r = _implemented(cand, cand.compute_hash(), dev, opts, work)
+            except DesignTooBigError as exc:  # pipelined too deeply for the device: stop here
+                log.warning("close_timing: cutoff %.2f does not fit: %s", cutoff, exc)
+                break
         t = ClosureTry(
             latency_cutoff=cutoff,
             latency_cycles=cand.latency,
@@ -883,7 +979,7 @@ def summary_line(info: dict[str, Any]) -> str:
         parts.append(f"post-synthesis netlist {nc['mismatches']}/{nc['vectors']:,} mismatches")
     if info.get("bitstream"):
         parts.append(f"bitstream {IMPL_DIR}/{info['bitstream']}")
-    elif info.get("note"):
+    if info.get("note"):
         parts.append(info["note"])
     cl = info.get("closure")
     if cl:
@@ -912,7 +1008,7 @@ def implement_model(
     """
     from edgeml.rtl import generate_rtl
 
-    dev = device(opts.family)
+    dev = device(opts.family, opts.speed)
     with tempfile.TemporaryDirectory(prefix="edgeml_impl_point_") as tmp:
         d = generate_rtl(g, Path(tmp) / "rtl", name, pipelined=True, latency_cutoff=latency_cutoff)
         work = Path(tmp) / "impl"
@@ -920,6 +1016,7 @@ def implement_model(
         r = _implemented(d, d.compute_hash(), dev, opts, work)
     return {
         "family": opts.family,
+        "part": dev.part,
         "clock_mhz": opts.clock_mhz,
         "fmax_mhz": r["fmax_mhz"],
         "timing_met": r["timing_met"],

@@ -738,8 +738,8 @@ def section_implementation(info: Mapping[str, Any]) -> str:
         timing.append(
             ("bitstream", f"{info['bitstream']} (sha256 {info['bitstream_sha256'][:12]}...)")
         )
-    elif info.get("note"):
-        timing.append(("bitstream", info["note"]))
+    if info.get("note"):
+        timing.append(("I/O", info["note"]))
     parts = [head, intro, _kv_table(dict(timing), "measure", "value"), util_t]
     cl = info.get("closure")
     if cl:

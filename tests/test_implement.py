@@ -218,3 +218,26 @@ def test_sweep_places_every_point(tmp_path, capsys):
     assert json.loads((tmp_path / "sw" / "sweep.json").read_text())["stats"]["cached"] == 1
     with pytest.raises(ConfigError, match="allowed: ecp5-25k"):
         sw.SweepConfig(design="mlp", implement="ice40")
+
+
+def test_more_port_bits_than_pins_get_a_serialising_shell(verified_run, monkeypatch, tmp_path):
+    """A package with fewer pins than the design's ports: placed in a 4-pin shell, bitstream
+    written, and the design's own netlist (inside the shell) still exact."""
+    import dataclasses
+
+    import edgeml.implement as impl
+
+    small = dataclasses.replace(DEVICES[FAMILY], io=100)  # tiny needs 184
+    monkeypatch.setitem(impl.DEVICES, FAMILY, small)
+    run = tmp_path / "run"
+    shutil.copytree(verified_run, run)
+    code = main(["implement", "--run", str(run), "--family", FAMILY, "--netlist-vectors", "3000"])
+    assert code == EXIT_OK
+    info = json.loads((run / "implement" / "implement.json").read_text())
+    assert info["shell"] and info["io_bits"] == 184
+    assert info["utilisation"]["TRELLIS_IO"]["used"] == impl.SHELL_PINS
+    assert info["synth"]["ff"] >= 184 - 1 + 528  # the shell's shift registers are counted
+    assert (run / "implement" / info["bitstream"]).is_file()
+    assert "serialising shell" in info["note"]
+    nc = info["netlist_check"]
+    assert nc["vectors"] == 3000 and nc["mismatches"] == 0
