@@ -1398,8 +1398,13 @@ def _asic_view(ctx: Context) -> dict[str, Any]:
     if ctx.cfg.hls.enabled:
         from edgeml.hls_catapult import catapult_for_run
 
-        with timed_bar("implement: hls4ml Catapult project + C-sim", None, ctx.progress):
-            _, cat = catapult_for_run(ctx, record=True)
+        try:
+            with timed_bar("implement: hls4ml Catapult project + C-sim", None, ctx.progress):
+                _, cat = catapult_for_run(ctx, record=True)
+        except UnsupportedOpError as exc:  # the FPGA results and the estimate still stand
+            log.warning("implement: no Catapult project: %s", exc)
+            asic["catapult"] = {"skipped": str(exc)}
+            return asic
         lv = cat["level"]
         asic["catapult"] = {
             "project_dir": cat["project_dir"],

@@ -661,10 +661,14 @@ def implement_run(run_dir: str | Path, opts: ImplementOptions) -> dict[str, Any]
     dev = device(opts.family, opts.speed)
     design, rtl_hash = verified_rtl(run_dir)
     out = run_dir / IMPL_DIR
+    before = read_json(out / IMPL_JSON) if (out / IMPL_JSON).is_file() else {}
     shutil.rmtree(out, ignore_errors=True)  # nothing of another design's implementation lingers
     out.mkdir()
     t0 = time.perf_counter()
     info = _implemented(design, rtl_hash, dev, opts, out)
+    same = before.get("rtl_sha256") == rtl_hash and before.get("device") == info["device"]
+    if same and before.get("closure", {}).get("target_mhz") == opts.clock_mhz:
+        info["closure"] = before["closure"]  # how this RTL's pipeline cut was chosen
     ctx = run_context(run_dir)
     g = ctx.golden()
     nl = out / f"{design.top}_synth.v"

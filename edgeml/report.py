@@ -791,7 +791,9 @@ def section_implementation(info: Mapping[str, Any]) -> str:
             )
         )
         cat = asic.get("catapult")
-        if cat:
+        if cat and cat.get("skipped"):
+            parts.append(f"<p>No hls4ml Catapult project: {_e(cat['skipped'])}</p>")
+        elif cat:
             parts.append(
                 f"<p>hls4ml Catapult project for ASIC users: <code>{_e(cat['project_dir'])}</code>; "
                 f"its C-sim against the golden model: {cat['mismatching_vectors']} / "
