@@ -811,6 +811,52 @@ class HlsDesign:
 # --------------------------------------------------------------------------- conversion
 
 
+def layer_config(
+    model: Any,
+    onnx_path: Path,
+    backend: str,
+    in_name: str,
+    input_type: FixedType,
+    layer_types: dict[str, FixedType] | None,
+    default_precision: str,
+    reuse_factor: int,
+) -> dict[str, Any]:
+    """hls4ml's per-layer config of ``model`` for ``backend``, with the input and forced types set.
+
+    The input layer gets exactly ``input_type``; every ``layer_types`` key must name a
+    layer (a ConfigError lists the known names).
+    """
+    with quiet_hls4ml("import"):
+        import hls4ml
+        from hls4ml.converters.onnx_to_hls import replace_char_inconsitency, sanitize_layer_name
+
+    try:
+        with quiet_hls4ml("config_from_onnx_model"):
+            cfg = hls4ml.utils.config_from_onnx_model(
+                model,
+                granularity="name",
+                backend=backend,
+                default_precision=default_precision,
+                default_reuse_factor=reuse_factor,
+            )
+    except Exception as exc:
+        raise conversion_error(exc, onnx_path) from exc
+    layer_cfg = cfg["LayerName"]
+    in_layer = {"name": replace_char_inconsitency(in_name), "class_name": "InputLayer"}
+    sanitize_layer_name(in_layer)
+    layer_cfg.setdefault(in_layer["name"], {}).setdefault("Precision", {})["result"] = (
+        input_type.hls()
+    )
+    for key, t in (layer_types or {}).items():
+        if key not in layer_cfg:
+            raise ConfigError(
+                f"layer_types key {key!r} is not a layer of {onnx_path.name}; known names: "
+                f"{', '.join(layer_cfg)}."
+            )
+        layer_cfg[key].setdefault("Precision", {})["result"] = t.hls()
+    return cfg
+
+
 def convert_hls(
     onnx_path: Path,
     project_dir: Path,
@@ -875,7 +921,6 @@ def convert_hls(
         )
     with quiet_hls4ml("import"):
         import hls4ml
-        from hls4ml.converters.onnx_to_hls import replace_char_inconsitency, sanitize_layer_name
         from qonnx.core.modelwrapper import ModelWrapper
 
     try:
@@ -888,29 +933,9 @@ def convert_hls(
     prepare_project_dir(project_dir)
 
     # ---- hls4ml config
-    try:
-        with quiet_hls4ml("config_from_onnx_model"):
-            cfg = hls4ml.utils.config_from_onnx_model(
-                model,
-                granularity="name",
-                backend="Vitis",
-                default_precision=default_precision,
-                default_reuse_factor=reuse_factor,
-            )
-    except Exception as exc:
-        raise conversion_error(exc, onnx_path) from exc
-    layer_cfg = cfg["LayerName"]
-    in_layer = {"name": replace_char_inconsitency(in_name), "class_name": "InputLayer"}
-    sanitize_layer_name(in_layer)
-    layer_cfg.setdefault(in_layer["name"], {}).setdefault("Precision", {})["result"] = (
-        input_type.hls()
+    cfg = layer_config(
+        model, onnx_path, "Vitis", in_name, input_type, layer_types, default_precision, reuse_factor
     )
-    for key, t in (layer_types or {}).items():
-        if key not in layer_cfg:
-            raise ConfigError(
-                f"layer_types key {key!r} is not a layer of {onnx_path.name}; known names: {', '.join(layer_cfg)}."
-            )
-        layer_cfg[key].setdefault("Precision", {})["result"] = t.hls()
 
     # ---- convert
     try:

@@ -462,6 +462,7 @@ def write_catapult_project(
         check_supported_ops,
         conversion_error,
         graph_io,
+        layer_config,
         set_output_type,
     )
 
@@ -492,7 +493,6 @@ def write_catapult_project(
         )
     with quiet_hls4ml("import"):
         import hls4ml
-        from hls4ml.converters.onnx_to_hls import replace_char_inconsitency, sanitize_layer_name
         from qonnx.core.modelwrapper import ModelWrapper
 
     try:
@@ -510,31 +510,17 @@ def write_catapult_project(
     require_gxx()
     prepare_project_dir(project_dir)
 
-    try:
-        with quiet_hls4ml("config_from_onnx_model"):
-            cfg = hls4ml.utils.config_from_onnx_model(
-                model,
-                granularity="name",
-                backend="Catapult",
-                default_precision=default_precision,
-                default_reuse_factor=reuse_factor,
-            )
-    except Exception as exc:
-        raise conversion_error(exc, onnx_path) from exc
-    cfg["Model"]["Strategy"] = "Latency"
-    layer_cfg = cfg["LayerName"]
-    in_layer = {"name": replace_char_inconsitency(in_name), "class_name": "InputLayer"}
-    sanitize_layer_name(in_layer)
-    layer_cfg.setdefault(in_layer["name"], {}).setdefault("Precision", {})["result"] = (
-        input_type.hls()
+    cfg = layer_config(
+        model,
+        onnx_path,
+        "Catapult",
+        in_name,
+        input_type,
+        layer_types,
+        default_precision,
+        reuse_factor,
     )
-    for key, t in (layer_types or {}).items():
-        if key not in layer_cfg:
-            raise ConfigError(
-                f"layer_types key {key!r} is not a layer of {onnx_path.name}; known names: "
-                f"{', '.join(layer_cfg)}."
-            )
-        layer_cfg[key].setdefault("Precision", {})["result"] = t.hls()
+    cfg["Model"]["Strategy"] = "Latency"
 
     try:
         with quiet_hls4ml("convert_from_onnx_model (Catapult)"):
