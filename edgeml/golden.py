@@ -656,6 +656,15 @@ class GoldenModel:
         return _Compiler(model, options or GoldenOptions()).compile()
 
     @classmethod
+    def from_onnx_with_bounds(
+        cls, model: Any, options: GoldenOptions | None = None
+    ) -> tuple[GoldenModel, dict[str, tuple[int, int]]]:
+        """:meth:`from_onnx`, plus the compiler's exact integer code bounds of every tensor
+        (its interval analysis: what :mod:`edgeml.minwidth` sizes accumulators by)."""
+        c = _Compiler(model, options or GoldenOptions())
+        return c.compile(), dict(c.bounds)
+
+    @classmethod
     def from_torch(
         cls, model: Any, input_shape: tuple[int, ...], options: GoldenOptions | None = None
     ) -> GoldenModel:
@@ -1007,7 +1016,7 @@ class _Const:
 class _Compiler:
     def __init__(self, model: Any, options: GoldenOptions) -> None:
         self.options = options
-        self.mw = _load_model_wrapper(model)
+        self.mw = load_model_wrapper(model)
         self.graph = self.mw.graph
         self.consts: dict[str, _Const] = {}
         self.tensors: dict[str, TensorInfo] = {}
@@ -2810,7 +2819,7 @@ class _Compiler:
         self._affine(node, idx, name, src, out, a, b)
 
 
-def _load_model_wrapper(model: Any) -> Any:
+def load_model_wrapper(model: Any) -> Any:
     """Accept a path, ModelProto or ModelWrapper; refuse unreadable files clearly."""
     import onnx
     from qonnx.core.modelwrapper import ModelWrapper

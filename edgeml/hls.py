@@ -820,11 +820,14 @@ def layer_config(
     layer_types: dict[str, FixedType] | None,
     default_precision: str,
     reuse_factor: int,
+    accum_types: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """hls4ml's per-layer config of ``model`` for ``backend``, with the input and forced types set.
 
     The input layer gets exactly ``input_type``; every ``layer_types`` key must name a
-    layer (a ConfigError lists the known names).
+    layer (a ConfigError lists the known names). ``accum_types`` sets Dense/Conv
+    accumulators (``Precision.accum``, e.g. the interval-minimal types of
+    :func:`edgeml.minwidth.hls_accum_settings`).
     """
     with quiet_hls4ml("import"):
         import hls4ml
@@ -854,6 +857,10 @@ def layer_config(
                 f"{', '.join(layer_cfg)}."
             )
         layer_cfg[key].setdefault("Precision", {})["result"] = t.hls()
+    if accum_types:
+        from edgeml.minwidth import apply_hls_accum
+
+        apply_hls_accum(cfg, accum_types)
     return cfg
 
 
@@ -870,6 +877,7 @@ def convert_hls(
     layer_types: dict[str, FixedType] | None = None,
     default_precision: str = "fixed<16,6>",
     trace: bool = True,
+    accum_types: dict[str, str] | None = None,
 ) -> HlsDesign:
     """Convert a cleaned QONNX model to an hls4ml Vitis project (io_parallel) and compile its C-sim.
 
@@ -892,6 +900,8 @@ def convert_hls(
             test models (see the module docstring).
         default_precision: hls4ml's fallback type; a layer left with it is logged
             as a warning, since it means hls4ml inferred no exact type.
+        accum_types: hls4ml accumulator types per Dense/Conv node name (``fixed<W,I>``),
+            e.g. the exact interval-minimal ones of ``compress.min_widths``.
         trace: compile per-layer output recording into C-sim (``#ifndef
             __SYNTHESIS__`` only: the synthesized design is unchanged) for
             :meth:`HlsDesign.trace_int`.
@@ -934,7 +944,15 @@ def convert_hls(
 
     # ---- hls4ml config
     cfg = layer_config(
-        model, onnx_path, "Vitis", in_name, input_type, layer_types, default_precision, reuse_factor
+        model,
+        onnx_path,
+        "Vitis",
+        in_name,
+        input_type,
+        layer_types,
+        default_precision,
+        reuse_factor,
+        accum_types,
     )
 
     # ---- convert

@@ -1260,6 +1260,7 @@ def convert_for_golden(
     trace: bool = True,
     check_vectors: int = CHECK_VECTORS,
     seed: int = 0,
+    accum_types: dict[str, str] | None = None,
 ) -> tuple[HlsDesign, dict[str, Any]]:
     """The hls4ml project for a golden model: the QONNX route if it is exact, else the golden-IR route.
 
@@ -1272,7 +1273,8 @@ def convert_for_golden(
     otherwise the project is rebuilt from the golden IR
     (:func:`convert_hls_from_golden`).
 
-    Returns the design and a record for ``hls.json``: ``route`` (``"qonnx"`` or
+    ``accum_types`` (hls4ml ``Precision.accum`` per Dense/Conv node) applies to the
+    QONNX route. Returns the design and a record for ``hls.json``: ``route`` (``"qonnx"`` or
     ``"golden-ir"``), ``route_reason`` (one line: why the QONNX route was not
     used, or None) and ``check`` (vectors compared and mismatches of the kept route).
 
@@ -1314,6 +1316,7 @@ def convert_for_golden(
                 project_dir,
                 input_type=g.input_type,
                 output_type=g.output_type,
+                accum_types=accum_types,
                 **common,
             )
         except DependencyError:
