@@ -22,8 +22,14 @@ process, so a point's result is the same on 1 or N workers), or an existing
 cluster (``--scheduler``; its workers must be able to import edgeml).
 ``--workers 1`` runs serially in this process, with no cluster.
 
+Per-layer mixed precision (``--layer-bits "fc1=4,fc4=8"``, repeatable): each
+assignment is one more point of the grid, trained with those layers at their
+own weight and activation width (:func:`edgeml.mixed.apply_layer_bits`) and
+every other layer at the point's ``bits``; ``uniform`` stands for no assignment.
+
 Every finished point is cached as ``points/<key>.json`` in the output folder,
-keyed by (design, seed, bits, sparsity, epochs); a rerun skips cached points
+keyed by (design, seed, bits, sparsity, epochs, per-layer assignment; keys of
+uniform points are those of earlier versions); a rerun skips cached points
 (``--resume``, the default) and trains only what is missing. Outputs:
 ``sweep.json`` (every point + the summary), ``metric_vs_bits.png``,
 ``metric_vs_sparsity.png`` and a self-contained ``sweep.html``.
@@ -70,6 +76,8 @@ PROGRESS_TOPIC = "edgeml-sweep-point"
 SCHEDULER_TIMEOUT_S = 20
 
 Point = dict[str, Any]
+#: one training chain: (seed, bits, per-layer assignment or "", sparsities to run)
+Chain = tuple[int, int, str, tuple[float, ...]]
 #: ``(spec, data, float_model, qat_model, pruned_model, point) -> JSON-able dict``
 PointHook = Callable[[Any, Any, Any, Any, Any, Point], dict[str, Any]]
 
@@ -112,10 +120,15 @@ class SweepConfig:
     point_hook: PointHook | None = None
     #: where points are cached, relative to ``out``
     points_subdir: str = "points"
+    #: the progress bar's label (default: ``sweep <design>``, ``analyze <design>`` with a hook)
+    label: str | None = None
     #: place and route every point on this FPGA (``edgeml.implement.DEVICES``): Fmax,
     #: latency (ns), LUT4 and FF become objectives next to the metric (minutes per point)
     implement: str | None = None
     clock_mhz: float = 100.0
+    #: per-layer bit-width assignments, one grid axis: canonical ``"fc1=4,fc4=8"`` strings
+    #: (or ``{layer: bits}`` dicts), ``""`` = uniform (every layer at the point's bits)
+    layer_bits: tuple[Any, ...] = ("",)
 
     def __post_init__(self) -> None:
         from edgeml.models import zoo
@@ -147,6 +160,7 @@ class SweepConfig:
                 raise ConfigError(
                     f"sweep sparsity must be a fraction in [0, {MAX_SPARSITY}]; got {s!r}{hint}"
                 )
+        object.__setattr__(self, "layer_bits", _check_layer_axis(self.design, self.layer_bits))
         seeds = _unique_sorted(self.seeds, "seeds")
         for s in seeds:
             if isinstance(s, bool) or not isinstance(s, int | np.integer) or s < 0:
@@ -192,9 +206,42 @@ class SweepConfig:
         base = zoo.get(self.design).epochs
         return {k: max(1, round(v * self.epochs_scale)) for k, v in base.items()}
 
-    def grid(self) -> list[tuple[int, int, float]]:
-        """Every ``(seed, bits, sparsity)`` point, in report order."""
-        return [(s, b, p) for s in self.seeds for b in self.bits for p in self.sparsities]
+    def grid(self) -> list[tuple[int, int, str, float]]:
+        """Every ``(seed, bits, layer assignment, sparsity)`` point, in report order."""
+        return [
+            (s, b, lb, p)
+            for s in self.seeds
+            for b in self.bits
+            for lb in self.layer_bits
+            for p in self.sparsities
+        ]
+
+
+def _check_layer_axis(design: str, values: Any) -> tuple[str, ...]:
+    """Canonical, de-duplicated assignments (first-seen order); names and widths checked."""
+    from edgeml import mixed
+
+    if isinstance(values, str | dict) or not isinstance(values, Sequence) or not values:
+        raise ConfigError(
+            f"sweep layer_bits must be a non-empty list of assignments like 'fc1=4,fc4=8'; "
+            f"got {values!r}"
+        )
+    out: list[str] = []
+    for v in values:
+        lb = mixed.parse_layer_bits(v) if isinstance(v, str) else dict(v)
+        key = mixed.format_layer_bits(lb)
+        if key not in out:
+            out.append(key)
+    named = [mixed.parse_layer_bits(k) for k in out if k]
+    if named:
+        from edgeml.models import zoo
+
+        spec = zoo.get(design)
+        lo = spec.bit_widths[0]
+        allowed = mixed.quant_layers(spec.build_qat(lo))
+        for lb in named:
+            mixed.check_layer_bits(lb, allowed, spec.bit_widths)
+    return tuple(out)
 
 
 def _unique_sorted(values: Sequence[Any], name: str) -> list[Any]:
@@ -208,10 +255,31 @@ def _unique_sorted(values: Sequence[Any], name: str) -> list[Any]:
         raise ConfigError(f"sweep {name} must be numbers; got {list(values)!r}") from exc
 
 
-def point_key(design: str, seed: int, bits: int, sparsity: float, epochs: dict[str, int]) -> str:
-    """File-name-safe cache key of one grid point, e.g. ``mlp-s0-b6-p0.75-e60.40.40``."""
+def point_key(
+    design: str,
+    seed: int,
+    bits: int,
+    sparsity: float,
+    epochs: dict[str, int],
+    layer_bits: str = "",
+) -> str:
+    """File-name-safe cache key of one grid point, e.g. ``mlp-s0-b6-p0.75-e60.40.40``.
+
+    A per-layer assignment is appended (``...-e60.40.40-Lfc1=4,fc3=8``); uniform
+    points keep the key they always had.
+    """
     ep = ".".join(str(epochs[k]) for k in ("float", "qat", "finetune"))
-    return f"{design}-s{seed}-b{bits}-p{sparsity:.6g}-e{ep}"
+    key = f"{design}-s{seed}-b{bits}-p{sparsity:.6g}-e{ep}"
+    return f"{key}-L{layer_bits}" if layer_bits else key
+
+
+def parse_layer_bits_axis(tokens: Sequence[str]) -> tuple[str, ...]:
+    """``--layer-bits`` values (each ``"fc1=4,fc4=8"`` or ``uniform``) -> canonical assignments."""
+    from edgeml import mixed
+
+    if not tokens:
+        raise ConfigError("--layer-bits needs at least one assignment like fc1=4,fc4=8")
+    return tuple(mixed.format_layer_bits(mixed.parse_layer_bits(t)) for t in tokens)
 
 
 # ----------------------------------------------------------------- parse helpers
@@ -333,17 +401,21 @@ def run_chain_task(
     on_point: Callable[[Point], None] | None = None,
     point_hook: PointHook | None = None,
     implement: tuple[str, float] | None = None,
+    layer_bits: str = "",
 ) -> list[Point]:
     """QAT at ``bits`` from the seed's float model, then prune + fine-tune each sparsity.
 
+    ``layer_bits`` (``"fc1=4,fc4=8"``) gives those layers their own width.
     Returns one point record per sparsity; ``on_point`` is called as each finishes.
     ``point_hook`` (see :attr:`SweepConfig.point_hook`) adds ``point["analysis"]``;
     ``implement`` (device, clock MHz) adds ``point["implement"]`` (place-and-route).
     """
     import torch
 
+    from edgeml import mixed
     from edgeml.models import zoo
 
+    assignment = mixed.parse_layer_bits(layer_bits)
     with _single_thread():
         spec = zoo.get(design)
         data = _data(design, seed)
@@ -360,7 +432,9 @@ def run_chain_task(
             float_model, spec, _ = lowrank.factorize_design(
                 spec, data, float_model, spec.low_rank, epochs["finetune"], seed
             )
-        qat = zoo.train_qat(spec, data, float_model, bits, epochs["qat"], seed)
+        qat = zoo.train_qat(
+            spec, data, float_model, bits, epochs["qat"], seed, layer_bits=assignment or None
+        )
         qat_seconds = time.perf_counter() - t0
         qat_metrics = zoo.evaluate(spec, qat, data.x_test, y_test)
         points = []
@@ -370,7 +444,7 @@ def run_chain_task(
             metrics = zoo.evaluate(spec, pruned, data.x_test, y_test)
             point: Point = {
                 "format": POINT_FORMAT,
-                "key": point_key(design, seed, bits, sparsity, epochs),
+                "key": point_key(design, seed, bits, sparsity, epochs, layer_bits),
                 "design": design,
                 "seed": seed,
                 "bits": bits,
@@ -386,6 +460,8 @@ def run_chain_task(
                 "qat_seconds": qat_seconds,
                 "float_seconds": float(float_result["seconds"]),
             }
+            if assignment:
+                point["layer_bits"] = dict(assignment)
             if point_hook is not None:
                 point["analysis"] = point_hook(spec, data, float_model, qat, pruned, point)
             if implement is not None:
@@ -475,7 +551,9 @@ class _PointSink:
             self._seen.add(key)
             _write_json_atomic(self._dir / f"{key}.json", point)
             self.bar.update(1)
-            label = " ".join(str(key).rsplit("-", 4)[1:4])  # "s0 b6 p0.75"
+            label = f"s{point['seed']} b{point['bits']} p{point['sparsity']:g}"
+            if point.get("layer_bits"):
+                label += " " + ",".join(f"{k}={v}" for k, v in point["layer_bits"].items())
             self.bar.set_postfix_str(f"last {label}: {point['metric']:.4g}", refresh=False)
 
     def on_event(self, event: Any) -> None:
@@ -517,31 +595,33 @@ def run_points(cfg: SweepConfig) -> tuple[list[Point], SweepStats, str]:
 
     done: dict[str, Point] = {}
     if cfg.resume:
-        for seed, bits, sp in grid:
-            key = point_key(cfg.design, seed, bits, sp, epochs)
+        for seed, bits, lb, sp in grid:
+            key = point_key(cfg.design, seed, bits, sp, epochs, lb)
             cached = _read_point(points_dir / f"{key}.json", key, need)
             if cached is not None:
                 done[key] = cached
     stats.cached = len(done)
 
-    # Missing points, grouped into (seed, bits) chains; a seed with no chain needs no float.
-    chains: list[tuple[int, int, tuple[float, ...]]] = []
+    # Missing points, grouped into (seed, bits, assignment) chains; a seed with no chain
+    # needs no float.
+    chains: list[Chain] = []
     for seed in cfg.seeds:
         for bits in cfg.bits:
-            todo = tuple(
-                sp
-                for sp in cfg.sparsities
-                if point_key(cfg.design, seed, bits, sp, epochs) not in done
-            )
-            if todo:
-                chains.append((seed, bits, todo))
+            for lb in cfg.layer_bits:
+                todo = tuple(
+                    sp
+                    for sp in cfg.sparsities
+                    if point_key(cfg.design, seed, bits, sp, epochs, lb) not in done
+                )
+                if todo:
+                    chains.append((seed, bits, lb, todo))
     log.info(
         "sweep %s: %d points, %d cached, %d chains to run, epochs %s",
         cfg.design, len(grid), len(done), len(chains), epochs,
     )  # fmt: skip
 
-    keys = {point_key(cfg.design, s, b, p, epochs) for s, b, p in grid}
-    desc = f"{'analyze' if cfg.point_hook is not None else 'sweep'} {cfg.design}"
+    keys = {point_key(cfg.design, s, b, p, epochs, lb) for s, b, lb, p in grid}
+    desc = cfg.label or f"{'analyze' if cfg.point_hook is not None else 'sweep'} {cfg.design}"
     progress = _PointSink(points_dir, keys, len(done), desc, cfg.progress)
 
     def finish_chain(points: list[Point]) -> None:
@@ -565,7 +645,7 @@ def run_points(cfg: SweepConfig) -> tuple[list[Point], SweepStats, str]:
     finally:
         progress.close()
 
-    points = [done[point_key(cfg.design, s, b, p, epochs)] for s, b, p in grid]
+    points = [done[point_key(cfg.design, s, b, p, epochs, lb)] for s, b, lb, p in grid]
     return points, stats, mode
 
 
@@ -576,13 +656,13 @@ def _implement_arg(cfg: SweepConfig) -> tuple[str, float] | None:
 def _run_serial(
     cfg: SweepConfig,
     epochs: dict[str, int],
-    chains: list[tuple[int, int, tuple[float, ...]]],
+    chains: list[Chain],
     finish_chain: Callable[[list[Point]], None],
     progress: _PointSink,
 ) -> int:
     """All chains in this process, in order; returns the number of float models trained."""
     floats: dict[int, dict[str, Any]] = {}
-    for seed, bits, todo in chains:
+    for seed, bits, lb, todo in chains:
         if seed not in floats:
             floats.clear()  # chains are seed-ordered: the previous seed's model is done
             floats[seed] = train_float_task(cfg.design, seed, epochs)
@@ -596,15 +676,16 @@ def _run_serial(
             on_point=progress.add,
             point_hook=cfg.point_hook,
             implement=_implement_arg(cfg),
+            layer_bits=lb,
         )
         finish_chain(points)
-    return len({seed for seed, _, _ in chains})
+    return len({c[0] for c in chains})
 
 
 def _run_dask(
     cfg: SweepConfig,
     epochs: dict[str, int],
-    chains: list[tuple[int, int, tuple[float, ...]]],
+    chains: list[Chain],
     n_workers: int,
     finish_chain: Callable[[list[Point]], None],
     progress: _PointSink,
@@ -643,7 +724,7 @@ def _run_dask(
     tag = uuid.uuid4().hex[:8]
     try:
         client.subscribe_topic(PROGRESS_TOPIC, progress.on_event)
-        seeds = sorted({seed for seed, _, _ in chains})
+        seeds = sorted({c[0] for c in chains})
         floats = {
             seed: client.submit(
                 train_float_task,
@@ -666,9 +747,10 @@ def _run_dask(
                 _publish_point,
                 cfg.point_hook,
                 _implement_arg(cfg),
-                key=f"edgeml-sweep-chain-{cfg.design}-s{seed}-b{bits}-{tag}",
+                lb,
+                key=f"edgeml-sweep-chain-{cfg.design}-s{seed}-b{bits}-{i}-{tag}",
             )
-            for seed, bits, todo in chains
+            for i, (seed, bits, lb, todo) in enumerate(chains)
         ]
         for fut in as_completed(futures):
             finish_chain(fut.result())
@@ -772,19 +854,23 @@ def _stats(values: Sequence[float]) -> dict[str, float]:
 
 
 def summarize(points: Sequence[Point], metric: str, higher_is_better: bool) -> dict[str, Any]:
-    """Per ``(bits, sparsity)``: mean/std/min/max over seeds and the mean difference to float.
+    """Per ``(bits, layer assignment, sparsity)``: mean/std/min/max over seeds and the mean
+    difference to float (``row["layer_bits"]`` is there for mixed-precision rows only).
 
     ``delta_float`` is the mean over seeds of (point - that seed's float model),
     in the metric's units (negative = worse for accuracy, positive = worse for EMD).
     """
     floats: dict[int, float] = {}
-    groups: dict[tuple[int, float], list[Point]] = {}
+    groups: dict[tuple[int, str, float], list[Point]] = {}
     for p in points:
         floats[int(p["seed"])] = float(p["float_metric"])
-        groups.setdefault((int(p["bits"]), float(p["sparsity"])), []).append(p)
+        lb = ",".join(f"{k}={int(v)}" for k, v in sorted((p.get("layer_bits") or {}).items()))
+        groups.setdefault((int(p["bits"]), lb, float(p["sparsity"])), []).append(p)
     rows = []
-    for (bits, sparsity), ps in sorted(groups.items()):
+    for (bits, lb, sparsity), ps in sorted(groups.items()):
         row: dict[str, Any] = {"bits": bits, "sparsity": sparsity}
+        if lb:
+            row["layer_bits"] = lb
         row.update(_stats([p["metric"] for p in ps]))
         row["delta_float"] = float(np.mean([p["metric"] - p["float_metric"] for p in ps]))
         row["qat_mean"] = float(np.mean([p["qat_metric"] for p in ps]))
@@ -831,17 +917,24 @@ def _table_rows(summary: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     impl = any("fmax_mhz" in r for r in summary["rows"])
     if impl:
         head += ["Fmax MHz", "latency ns", "LUT4"]
+    mixed = any(r.get("layer_bits") for r in summary["rows"])
+    if mixed:
+        head.insert(1, "layers")
     body = []
     fl = summary["float"]
     body.append(
-        ["float", "-", str(fl["n"])]
+        ["float"]
+        + ["-"] * mixed
+        + ["-", str(fl["n"])]
         + [_fmt_metric(fl[k], metric) for k in ("mean", "std", "min", "max")]
         + ["", ""]
         + ["", "", ""] * impl
     )
     for r in summary["rows"]:
         body.append(
-            [str(r["bits"]), f"{100 * r['sparsity']:.0f} %", str(r["n"])]
+            [str(r["bits"])]
+            + [r.get("layer_bits") or "uniform"] * mixed
+            + [f"{100 * r['sparsity']:.0f} %", str(r["n"])]
             + [_fmt_metric(r[k], metric) for k in ("mean", "std", "min", "max")]
             + [_fmt_delta(r["delta_float"], metric), f"{100 * r['measured_sparsity']:.1f} %"]
             + (
@@ -907,7 +1000,12 @@ def plot_curves(summary: dict[str, Any], x_axis: str, title: str) -> Any:
     ax.axhspan(scale * fl["min"], scale * fl["max"], color="0.6", alpha=0.25, lw=0)
     ax.axhline(scale * fl["mean"], color="k", ls="--", lw=1.2, label="float (grey: min..max)")
     for i, level in enumerate(levels):
-        sel = sorted((r for r in rows if r[other] == level), key=lambda r: r[x_axis])
+        sel = sorted(
+            (r for r in rows if r[other] == level and not r.get("layer_bits")),
+            key=lambda r: r[x_axis],
+        )
+        if not sel:  # mixed-precision rows are in the tables, not on the uniform curves
+            continue
         xs = [100 * r[x_axis] if x_axis == "sparsity" else r[x_axis] for r in sel]
         color = cmap(i / max(1, len(levels) - 1) * 0.9)
         name = f"{100 * level:.0f} % pruned" if other == "sparsity" else f"{level} bits"
@@ -971,11 +1069,17 @@ def render_html(
     cfg, summary = result.config, result.summary
     metric = summary["metric"]
     head, body = _table_rows(summary)
-    point_head = ["seed", "bits", "sparsity", metric, "float", "QAT", "zeros", "seconds"]
+    mixed = cfg.layer_bits != ("",)
+    point_head = ["seed", "bits"] + ["layers"] * mixed
+    point_head += ["sparsity", metric, "float", "QAT", "zeros", "seconds"]
     point_body = [
         [
             str(p["seed"]),
             str(p["bits"]),
+            *(
+                [",".join(f"{k}={v}" for k, v in (p.get("layer_bits") or {}).items()) or "uniform"]
+                * mixed
+            ),
             f"{100 * p['sparsity']:.0f} %",
             _fmt_metric(p["metric"], metric),
             _fmt_metric(p["float_metric"], metric),
@@ -995,6 +1099,11 @@ def render_html(
         ["bit widths", ", ".join(map(str, cfg.bits))],
         ["sparsities", ", ".join(f"{s:g}" for s in cfg.sparsities)],
         ["seeds", ", ".join(map(str, cfg.seeds))],
+        *(
+            [["per-layer widths", "; ".join(lb or "uniform" for lb in cfg.layer_bits)]]
+            if mixed
+            else []
+        ),
         [
             "epochs (float / QAT / fine-tune)",
             f"{epochs['float']} / {epochs['qat']} / {epochs['finetune']}",
@@ -1055,6 +1164,7 @@ def write_outputs(result: SweepResult, title: str, epochs: dict[str, int]) -> di
             "bits": list(cfg.bits),
             "sparsities": list(cfg.sparsities),
             "seeds": list(cfg.seeds),
+            **({"layer_bits": list(cfg.layer_bits)} if cfg.layer_bits != ("",) else {}),
         },
         "epochs": epochs,
         "epochs_scale": cfg.epochs_scale,
@@ -1095,6 +1205,7 @@ _EPILOG = """\
 Examples:
   edgeml sweep --design mlp                            # 2..8 bits x 0..90 % pruned x 3 seeds
   edgeml sweep --design jet --bits 4-8 --sparsity 0,0.75 --seeds 5
+  edgeml sweep --design jet --bits 6 --layer-bits uniform --layer-bits fc1=4,fc4=8
   edgeml sweep --design mlp --epochs-scale 0.1 --workers 2 -q   # quick look
   edgeml sweep --design econt --scheduler tcp://10.0.0.5:8786   # an existing Dask cluster
 
@@ -1131,6 +1242,14 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
         nargs="+",
         metavar="N",
         help="a count N (seeds 0..N-1) or a list/range of seeds: 0,5,7 or 3-5 (default: 3)",
+    )
+    p.add_argument(
+        "--layer-bits",
+        action="append",
+        metavar="ASSIGN",
+        help="per-layer bit widths, one grid point per assignment: fc1=4,fc4=8 (weights and the "
+        "layer's output activation; other layers take --bits); repeat it for more points, "
+        "'uniform' adds the all---bits point (default: uniform only)",
     )
     p.add_argument(
         "--epochs-scale",
@@ -1207,6 +1326,7 @@ def config_from_args(args: argparse.Namespace) -> SweepConfig:
         bits=parse_bits(args.bits) if args.bits else DEFAULT_BITS,
         sparsities=parse_sparsities(args.sparsity) if args.sparsity else DEFAULT_SPARSITIES,
         seeds=parse_seeds(args.seeds) if args.seeds else tuple(range(DEFAULT_SEEDS)),
+        layer_bits=parse_layer_bits_axis(args.layer_bits) if args.layer_bits else ("",),
         epochs_scale=args.epochs_scale,
         workers=args.workers if args.workers is not None else default_workers(),
         scheduler=args.scheduler,

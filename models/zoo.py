@@ -131,8 +131,14 @@ def train_qat(
     bit_width: int,
     epochs: int,
     seed: int = 0,
+    layer_bits: dict[str, int] | None = None,
 ) -> nn.Module:
-    """Quantization-aware training at ``bit_width``, initialised from ``float_model``."""
+    """Quantization-aware training at ``bit_width``, initialised from ``float_model``.
+
+    ``layer_bits`` (``{layer: bits}``, names of :func:`edgeml.mixed.quant_layers`)
+    gives those layers their own weight and output-activation width
+    (:func:`edgeml.mixed.apply_layer_bits`); the rest take ``bit_width``.
+    """
     lo, hi = spec.bit_widths
     if isinstance(bit_width, bool) or not isinstance(bit_width, int) or not lo <= bit_width <= hi:
         raise ConfigError(
@@ -140,10 +146,24 @@ def train_qat(
             f"got {bit_width!r}"
         )
     gen = training.seed_all(seed)
-    model = spec.build_qat(bit_width)
+    model = build_qat(spec, bit_width, layer_bits)
     spec.init_qat(model, float_model)
     y = spec.targets("train", data)
     return training.fit(model, data.x_train, y, spec.loss, epochs, gen, spec.settings)
+
+
+def build_qat(
+    spec: DesignSpec, bit_width: int, layer_bits: dict[str, int] | None = None
+) -> nn.Module:
+    """``spec.build_qat(bit_width)`` with the per-layer widths ``layer_bits`` applied (if any)."""
+    model = spec.build_qat(bit_width)
+    if layer_bits:
+        from edgeml.mixed import apply_layer_bits
+
+        apply_layer_bits(
+            model, layer_bits, bit_widths=spec.bit_widths, input_shape=spec.input_shape
+        )
+    return model
 
 
 def prune(
@@ -175,7 +195,8 @@ def edge_sparsity(spec: DesignSpec, model: nn.Module) -> float:
 def save_checkpoint(
     spec: DesignSpec, model: nn.Module, path: str | Path, meta: dict[str, Any] | None = None
 ) -> Path:
-    """Save ``model`` with ``design``, ``kind``, ``bit_width`` and ``low_rank`` in its metadata.
+    """Save ``model`` with ``design``, ``kind``, ``bit_width``, ``layer_bits`` and ``low_rank`` in
+    its metadata.
 
     ``low_rank`` (``{layer: rank}``) is there when layers were factorised
     (:mod:`edgeml.lowrank`), so :func:`load_checkpoint` rebuilds the same structure.
@@ -187,6 +208,9 @@ def save_checkpoint(
     full.update(design=spec.name, kind="qat" if quant else "float")
     if quant:
         full["bit_width"] = int(model.bit_width)
+        layer_bits = getattr(model, "layer_bits", None)
+        if layer_bits:
+            full["layer_bits"] = {str(k): int(v) for k, v in sorted(layer_bits.items())}
     ranks = lowrank.ranks_of(model)
     if ranks:
         full["low_rank"] = ranks
@@ -208,6 +232,14 @@ def load_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any], Design
             from edgeml import lowrank
 
             lowrank.restructure(model, dict(meta["low_rank"]))
+        layer_bits = meta.get("layer_bits")  # absent in checkpoints before mixed precision
+        if meta.get("kind") == "qat" and layer_bits:
+            from edgeml.mixed import apply_layer_bits
+
+            # after any factorisation, as in training (a factorised spec's build_qat)
+            apply_layer_bits(
+                model, dict(layer_bits), bit_widths=spec.bit_widths, input_shape=spec.input_shape
+            )
     except (ConfigError, KeyError, TypeError, ValueError, AttributeError) as exc:
         raise CorruptFileError(f"checkpoint {path} names no buildable design: {exc}") from exc
     return training.load_state_into(model, state, path, meta), meta, spec

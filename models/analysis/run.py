@@ -873,6 +873,7 @@ def analyze_sweep(
         bits=tuple(grid["bits"]),
         sparsities=tuple(grid["sparsities"]),
         seeds=tuple(grid["seeds"]),
+        layer_bits=tuple(grid.get("layer_bits", [""])),
         epochs_scale=float(sw["epochs_scale"]),
         workers=max(1, int(workers)),
         scheduler=scheduler,
