@@ -198,7 +198,7 @@ def rtl_site_for_fault(design: FiDesign, site: Any, *, g: GoldenModel) -> RtlFau
 # --------------------------------------------------------------------------- golden side
 
 
-def _trace_env(g: GoldenModel, x: np.ndarray) -> dict[str, np.ndarray]:
+def trace_env(g: GoldenModel, x: np.ndarray) -> dict[str, np.ndarray]:
     _, tr = g.run(x, trace=True)
     return {g.input_name: np.asarray(x, np.int64), **tr}
 
@@ -225,7 +225,7 @@ def golden_act_flip(
     t = ti.type
     if bit < 0 or nbits < 1 or bit + nbits > t.width:
         raise ConfigError(f"bits {bit}..{bit + nbits - 1} do not fit {tensor!r} ({t.hls()})")
-    env = env if env is not None else _trace_env(g, x_codes)
+    env = env if env is not None else trace_env(g, x_codes)
     mask = ((1 << nbits) - 1) << bit
     return _rerun_with(g, env, tensor, index, t.signed, t.width, 0, mask, _start_after(g, tensor))
 
@@ -318,7 +318,7 @@ def golden_register_flip(
                     f"{first[(el.tensor, el.index)]} holds it first); earlier logic read that copy, "
                     "so no golden flip matches this register flip"
                 )
-    env = env if env is not None else _trace_env(g, x_codes)
+    env = env if env is not None else trace_env(g, x_codes)
     if design.kind == "layers":
         k = reg.rank
         if k + 1 < len(design.segments):

@@ -785,7 +785,7 @@ def _copy_static(dst: Path) -> list[Path]:
     return out
 
 
-def _check_ident(name: str) -> None:
+def check_ident(name: str) -> None:
     import re
 
     if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", name):
@@ -879,7 +879,7 @@ def generate_fi_rtl(
 
     from edgeml.rtl import SUPPORTED_RTL_OPS, _trace_op
 
-    _check_ident(name)
+    check_ident(name)
     for op in g.ops:
         if op.kind not in SUPPORTED_RTL_OPS:
             raise UnsupportedOpError(
@@ -1164,7 +1164,7 @@ def wrap_da4ml_pipeline(
     """
     pipe = load_pipeline(design)
     name = name or f"{design.name}_fi"
-    _check_ident(name)
+    check_ident(name)
     out_dir = Path(out_dir).resolve()
     src = out_dir / "src"
     shutil.rmtree(src, ignore_errors=True)

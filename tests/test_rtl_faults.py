@@ -76,9 +76,9 @@ def xs(digits) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def env(g, xs):
-    from edgeml.fault_injection.rtl_faults import _trace_env
+    from edgeml.fault_injection.rtl_faults import trace_env
 
-    return _trace_env(g, xs)
+    return trace_env(g, xs)
 
 
 @pytest.fixture(scope="module")
@@ -629,14 +629,14 @@ def test_wrapping_a_combinational_design_is_refused(g, work):
 def test_cocotb_deposit_seus(tiny):
     """Register flips deposited by VPI at chosen cycles change exactly the vector in flight, as the
     golden model predicts; one flip (a ReLU LSB the requantiser rounds away) is masked."""
-    from edgeml.fault_injection.rtl_faults import RtlFaultSite, _trace_env, golden_register_flip
+    from edgeml.fault_injection.rtl_faults import RtlFaultSite, golden_register_flip, trace_env
     from edgeml.rtl_sim.fi_runner import run_fi_cocotb
     from edgeml.toolchain import cache_dir
 
     g, fi = tiny
     x, _ = verification_vectors(g, None, 48, seed=9)
     x = x[:48]
-    env = _trace_env(g, x)
+    env = trace_env(g, x)
     ref = g.run(x)
     ranks = {r.name: r.rank for r in fi.registers}
     last = fi.registers[-1].name
@@ -717,10 +717,10 @@ def test_cnn_layer_build_cross_check(work):
     exact = rm.select("exact")
     rng = np.random.default_rng(2)
     picks = [exact[i] for i in rng.choice(len(exact), 150, replace=False)]
-    from edgeml.fault_injection.rtl_faults import RtlFaultSite, _trace_env
+    from edgeml.fault_injection.rtl_faults import RtlFaultSite, trace_env
 
     xc = xv[:200]
-    env = _trace_env(g, xc)
+    env = trace_env(g, xc)
     res = run_rtl_campaign(
         d, xc, [RtlFaultSite(b.register, b.bit) for b in picks], return_outputs=True, progress=False
     )
