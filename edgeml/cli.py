@@ -113,6 +113,20 @@ def _parser() -> argparse.ArgumentParser:
             "(e.g. 8) or an energy fraction in (0, 1] (e.g. 0.9); 0 turns a design's default "
             "off (compress.low_rank)",
         )
+        sp.add_argument(
+            "--layer-bits",
+            type=_layer_bits_arg,
+            metavar="L=B,...",
+            help="per-layer bit widths of weights and the layer's output activation, e.g. "
+            "fc1=4,fc4=8 (compress.layers.<name>.bit_width; other layers take --bits)",
+        )
+        sp.add_argument(
+            "--min-widths",
+            action="store_true",
+            default=None,
+            help="give every bias the fewest bits that hold its trained values exactly, at "
+            "export: outputs unchanged at every level, fewer stored bits (compress.min_widths)",
+        )
         sp.add_argument("--seed", type=int, help="random seed")
         sp.add_argument("--vectors", type=int, help="random verification vectors (verify.n_random)")
         sp.add_argument(
@@ -170,6 +184,9 @@ def _parser() -> argparse.ArgumentParser:
 
     add_sweep_parser(sub)
     add_quantize_parser(sub)
+    from edgeml.codesign import add_parser as add_codesign_parser
+
+    add_codesign_parser(sub)
     _add_analyze_parser(sub)
     return p
 
@@ -300,7 +317,7 @@ def _add_faults_group(sp: argparse.ArgumentParser) -> None:
     """``edgeml faults run|resume|report``: campaigns in a resumable store (fault_injection.runner)."""
     sp.description = FAULTS_DESCRIPTION
     sp.formatter_class = argparse.RawDescriptionHelpFormatter
-    fsub = sp.add_subparsers(dest="faults_command", metavar="{run,resume,report,rtl}")
+    fsub = sp.add_subparsers(dest="faults_command", metavar="{run,resume,report,rtl,harden}")
     sup = argparse.SUPPRESS
 
     def common(q: argparse.ArgumentParser, store_help: str) -> None:
@@ -446,6 +463,31 @@ def _add_faults_group(sp: argparse.ArgumentParser) -> None:
     )
     rr.add_argument("--samples", type=int, help="input vectors (default: faults.max_samples)")
     rr.add_argument("--seed", type=int, default=sup, help="sampling seed (default 0)")
+    rh = fsub.add_parser(
+        "harden",
+        help="protect the most sensitive RTL register bits (TMR/SECDED); predicted vs measured SDC",
+        description="Measure every register bit's SDC in the Verilated layer pipeline of the "
+        "run's golden model, protect the top BUDGET of bits word by word with TMR or SECDED "
+        "(whichever costs less), rebuild, re-run the register campaign over every flip-flop "
+        "(replicas and check bits included) and compare measured with predicted SDC; yosys "
+        "area before and after. Writes <run>/harden/harden.json and the protected Verilog.",
+    )
+    common(rh, sup)
+    rh.add_argument(
+        "--budget",
+        default="5%",
+        help="share of register bits to protect (5%%, 0.05) or an SDC threshold (sdc>0.01)",
+    )
+    rh.add_argument(
+        "--curve",
+        default="",
+        help="more budgets to build and measure for a predicted-vs-measured curve, e.g. 1%%,20%%",
+    )
+    rh.add_argument(
+        "--scheme", default="auto", choices=("auto", "tmr", "secded"), help="protection scheme"
+    )
+    rh.add_argument("--samples", type=int, help="input vectors (default: faults.max_samples)")
+    rh.add_argument("--no-area", action="store_true", help="skip the yosys area estimates")
     rp.add_argument(
         "--no-plots",
         action="store_true",
@@ -472,6 +514,8 @@ _FLAG_OF = {
     "compress.bit_width": "--bits",
     "compress.sparsity": "--sparsity",
     "compress.low_rank": "--low-rank",
+    "compress.layers": "--layer-bits",
+    "compress.min_widths": "--min-widths",
     "verify.n_random": "--vectors",
     "implement.family": "--family",
     "implement.speed": "--speed",
@@ -539,6 +583,17 @@ def _add_implement_args(sp: argparse.ArgumentParser) -> None:
         help="skip the ASIC view: generic-gate estimate and hls4ml Catapult project "
         "(this command only)",
     )
+
+
+def _layer_bits_arg(text: str) -> dict[str, int]:
+    """``fc1=4,fc4=8`` -> ``{"fc1": 4, "fc4": 8}`` (``--layer-bits``)."""
+    from edgeml.errors import ConfigError
+    from edgeml.mixed import parse_layer_bits
+
+    try:
+        return parse_layer_bits(text)
+    except ConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _low_rank_arg(text: str) -> int | float:
@@ -616,6 +671,10 @@ def _context(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any] | None]
         "compress.bit_width": args.bits,
         "compress.sparsity": args.sparsity,
         "compress.low_rank": args.low_rank,
+        "compress.layers": (
+            {k: {"bit_width": b} for k, b in args.layer_bits.items()} if args.layer_bits else None
+        ),
+        "compress.min_widths": args.min_widths,
         "verify.n_random": args.vectors,
         "implement.family": getattr(args, "family", None),
         "implement.speed": getattr(args, "speed", None),
@@ -797,6 +856,15 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_USAGE
         except BaseException as exc:
             return _exit_code(exc, "finished sweep points are cached; rerun to resume")
+    if args.command == "codesign":
+        from edgeml.codesign import run_command
+
+        if not args.verbose:
+            logging.getLogger("edgeml.models").setLevel(logging.WARNING)
+        try:
+            return run_command(args)
+        except BaseException as exc:
+            return _exit_code(exc, "finished candidates and runs are cached; rerun to resume")
     if args.command == "quantize":
         from edgeml.quantize import quantize_main
 
@@ -983,8 +1051,9 @@ def _executor_args(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _faults_main(args: argparse.Namespace) -> int:
-    """``edgeml faults run|resume|report``."""
+    """``edgeml faults run|resume|report|rtl|harden``."""
     from edgeml.fault_injection import runner
+    from edgeml.fault_injection.harden import harden_summary
 
     t0 = time.time()
     quiet = bool(getattr(args, "quiet", False))
@@ -1014,6 +1083,20 @@ def _faults_main(args: argparse.Namespace) -> int:
             f"{100 * float(c.get('mean_sdc_rate', 0)):.3f} %; cross-check vs golden: "
             f"{cc['mismatching_sites']} of {cc['sites']} sites differ over {cc['vectors']} vectors"
         )
+        return EXIT_OK
+    if cmd == "harden":
+        from edgeml.fault_injection.harden import harden_run
+
+        rep = harden_run(
+            run_dir,
+            budget=args.budget,
+            budgets=[b.strip() for b in args.curve.split(",") if b.strip()],
+            n_samples=args.samples,
+            scheme=args.scheme,
+            area=not args.no_area,
+            progress=not quiet,
+        )
+        print(harden_summary(rep))
         return EXIT_OK
     if cmd == "report":
         _positive("--top", args.top, 0)

@@ -11,6 +11,7 @@ import difflib
 import hashlib
 import json
 import re
+import typing
 import unicodedata
 from pathlib import Path
 from typing import Any, Literal
@@ -46,10 +47,24 @@ class TrainConfig(_Strict):
     epochs_finetune: int | None = Field(None, ge=1, le=10_000)
 
 
+class LayerCompress(_Strict):
+    """One layer's own precision (``compress.layers.<name>``): overrides ``compress.bit_width``."""
+
+    #: weight and output-activation bit width of this layer
+    bit_width: int = Field(..., ge=2, le=16)
+
+
 class CompressConfig(_Strict):
     """Quantization and pruning. Bit widths are those of weights and activations."""
 
     bit_width: int = Field(6, ge=2, le=16)
+    #: per-layer mixed precision: ``{layer name: {"bit_width": b}}`` (names are the QAT
+    #: model's quantized layers, e.g. ``fc1``..``fc4`` for the jet tagger); a layer not
+    #: named takes ``bit_width``
+    layers: dict[str, LayerCompress] = Field(default_factory=dict)
+    #: give every bias the fewest bits (and coarsest scale) that hold its trained values
+    #: exactly, at export (:mod:`edgeml.minwidth`): the outputs are unchanged at every level
+    min_widths: bool = False
     #: ``None`` takes the design's default (``DesignSpec.sparsity``: 0.75 for the jet tagger)
     sparsity: float | None = Field(None, ge=0.0, le=0.95)
     #: randomized-SVD factorisation before QAT (:mod:`edgeml.lowrank`): an integer rank, or
@@ -174,11 +189,20 @@ class FlowConfig(_Strict):
 
 def _field_names(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     cur: Any = model
+    skip = False
     for part in loc[:-1]:
-        field = cur.model_fields.get(part) if isinstance(part, str) else None
-        if field is None or not isinstance(field.annotation, type):
+        if skip:  # the key of a dict[str, Model] field (compress.layers.<name>)
+            skip = False
+            continue
+        field = cur.model_fields.get(part) if isinstance(part, str) and cur else None
+        ann = getattr(field, "annotation", None)
+        args = typing.get_args(ann)
+        if typing.get_origin(ann) is dict and len(args) == 2 and isinstance(args[1], type):
+            cur, skip = args[1], True
+            continue
+        if field is None or not isinstance(ann, type):
             return []
-        cur = field.annotation
+        cur = ann
     return list(cur.model_fields) if hasattr(cur, "model_fields") else []
 
 
@@ -245,6 +269,12 @@ def check_options(cfg: FlowConfig, external: bool, sources: dict[str, str] | Non
             f"config field 'compress.bit_width'{via}: design {cfg.design!r} supports bit widths "
             f"{lo}..{hi}; got {bits}. Pass --bits {lo}..{hi} (or set compress.bit_width)"
         )
+    if cfg.compress.layers:  # names and widths, before the float model trains
+        from edgeml.mixed import check_layer_bits, quant_layers
+
+        allowed = quant_layers(zoo.get(cfg.design).build_qat(lo))
+        layer_bits = {k: v.bit_width for k, v in cfg.compress.layers.items()}
+        check_layer_bits(layer_bits, allowed, (lo, hi))
 
 
 #: Names a C/C++ compiler or a Verilog tool would read as keywords, not identifiers.

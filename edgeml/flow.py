@@ -206,7 +206,11 @@ def stage_compress(ctx: Context) -> dict[str, Any]:
     low: dict[str, Any] | None = None
     if c.low_rank if c.low_rank is not None else sp.low_rank:  # 0 turns a design's default off
         float_model, sp, low = _low_rank(ctx, sp, data, float_model)
-    qat = zoo.train_qat(sp, data, float_model, c.bit_width, _epochs(ctx, "qat"), ctx.cfg.seed)
+    layer_bits = {name: lc.bit_width for name, lc in c.layers.items()}
+    qat = zoo.train_qat(
+        sp, data, float_model, c.bit_width, _epochs(ctx, "qat"), ctx.cfg.seed,
+        **({"layer_bits": layer_bits} if layer_bits else {}),
+    )  # fmt: skip
     qat_m = zoo.evaluate(sp, qat, data.x_test, y_test)
     # the unpruned QAT model too: `edgeml analyze` compares float, QAT and pruned
     zoo.save_checkpoint(sp, qat, ctx.run.file("qat.pt"))
@@ -225,6 +229,8 @@ def stage_compress(ctx: Context) -> dict[str, Any]:
         "sparsity": sparsity,
         "bit_width": c.bit_width,
     }
+    if layer_bits:
+        info["layer_bits"] = layer_bits
     if low is not None:
         info["low_rank"] = low
     info.update({f"qat_{k}": v for k, v in qat_m.items()})
@@ -291,6 +297,10 @@ def stage_export(ctx: Context) -> dict[str, Any]:
         model, _, sp = zoo.load_checkpoint(mpath)
         export_qonnx(sp.edge(model), (1, *sp.input_shape), out)
         inputs = [mpath]
+    if ctx.cfg.compress.min_widths:
+        produced.append(_minimize_widths(ctx, out))
+    else:
+        ctx.run.file(MINWIDTH_JSON).unlink(missing_ok=True)  # a previous export's
     ctx.results.pop("golden", None)
     g = ctx.golden()  # compile now: unsupported ops fail here, at export
     summary = g.summary()
@@ -300,6 +310,37 @@ def stage_export(ctx: Context) -> dict[str, Any]:
     _record(ctx, "export", t0, inputs, outputs, **extra)
     log.info("export: golden model\n%s", summary)
     return {"golden": summary, "notes": g.notes}
+
+
+#: What ``compress.min_widths`` changed at export (per-layer bias widths, stored bits).
+MINWIDTH_JSON = "minwidth.json"
+#: Training inputs whose accumulator ranges ``minwidth.json`` reports beside the worst case.
+MINWIDTH_CALIB = 4096
+
+
+def _minimize_widths(ctx: Context, path: Path) -> Path:
+    """Rewrite the exported QONNX with exact minimal bias widths; returns ``minwidth.json``."""
+    import onnx
+
+    from edgeml.golden import GoldenModel
+    from edgeml.minwidth import format_table, hls_accum_settings, minimize_widths
+
+    calib = None
+    if not ctx.external:  # the accumulators' observed range too (the training inputs)
+        g0 = GoldenModel.from_onnx(path)
+        calib = g0.quantize_input(dataset(ctx).x_train[:MINWIDTH_CALIB])
+    model, report = minimize_widths(path, calib_x=calib)
+    onnx.save(model, str(path))
+    out = ctx.run.file(MINWIDTH_JSON)
+    write_json(out, {**report.to_dict(), "hls_accum": hls_accum_settings(report)})
+    log.info("export: minimal widths\n%s", format_table(report))
+    return out
+
+
+def minwidth_accum_types(run: RunFolder) -> dict[str, str] | None:
+    """The interval-minimal hls4ml accumulator types export recorded (``compress.min_widths``)."""
+    path = run.file(MINWIDTH_JSON)
+    return read_json(path).get("hls_accum") if path.is_file() else None
 
 
 #: What ingestion of a model made elsewhere changed (``ingest.json``) and the files it wrote.
@@ -402,6 +443,7 @@ def stage_convert(ctx: Context) -> dict[str, Any]:
                 part=h.part,
                 clock_period=h.clock_period,
                 reuse_factor=h.reuse_factor,
+                accum_types=minwidth_accum_types(ctx.run),
             )
     except (UnsupportedOpError, ConfigError) as exc:
         # The golden model and the RTL still cover this graph; record why hls4ml

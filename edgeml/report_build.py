@@ -308,6 +308,13 @@ def build_report(ctx: Context) -> Path:
             )
         )
 
+    cdir = run.file("codesign")
+    codesign_doc = _maybe(cdir / "codesign.json")
+    if codesign_doc is not None:
+        from edgeml.codesign import section_html
+
+        sections.append(section_html(codesign_doc, cdir / "pareto.png"))
+
     resources = None
     r = rtl.get("resources")
     if isinstance(r, dict) and "lut" in r:

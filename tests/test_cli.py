@@ -170,11 +170,16 @@ def test_faults_group_help(capsys):
         main(["faults", "--help"])
     assert ei.value.code == 0
     out = capsys.readouterr().out
-    assert "{run,resume,report,rtl}" in out and "Without a sub-command" in out
+    assert "{run,resume,report,rtl,harden}" in out and "Without a sub-command" in out
     with pytest.raises(SystemExit):
         main(["faults", "run", "--help"])
     out = capsys.readouterr().out
     for flag in ("--targets", "--sampler", "--margin", "--scheduler", "--workers", "--resume"):
+        assert flag in out
+    with pytest.raises(SystemExit):
+        main(["faults", "harden", "--help"])
+    out = capsys.readouterr().out
+    for flag in ("--budget", "--curve", "--scheme", "--no-area"):
         assert flag in out
 
 
