@@ -209,7 +209,7 @@ def stage_compress(ctx: Context) -> dict[str, Any]:
     layer_bits = {name: lc.bit_width for name, lc in c.layers.items()}
     qat = zoo.train_qat(
         sp, data, float_model, c.bit_width, _epochs(ctx, "qat"), ctx.cfg.seed,
-        **({"layer_bits": layer_bits} if layer_bits else {}),
+        layer_bits=layer_bits or None,
     )  # fmt: skip
     qat_m = zoo.evaluate(sp, qat, data.x_test, y_test)
     # the unpruned QAT model too: `edgeml analyze` compares float, QAT and pruned
@@ -325,11 +325,12 @@ def _minimize_widths(ctx: Context, path: Path) -> Path:
     from edgeml.golden import GoldenModel
     from edgeml.minwidth import format_table, hls_accum_settings, minimize_widths
 
+    g0 = GoldenModel.from_onnx(path)
     calib = None
     if not ctx.external:  # the accumulators' observed range too (the training inputs)
-        g0 = GoldenModel.from_onnx(path)
         calib = g0.quantize_input(dataset(ctx).x_train[:MINWIDTH_CALIB])
-    model, report = minimize_widths(path, calib_x=calib)
+    hls_in = g0.input_type if ctx.cfg.hls.enabled else None  # hls4ml's inferred accumulators
+    model, report = minimize_widths(path, calib_x=calib, hls_input_type=hls_in)
     onnx.save(model, str(path))
     out = ctx.run.file(MINWIDTH_JSON)
     write_json(out, {**report.to_dict(), "hls_accum": hls_accum_settings(report)})

@@ -308,6 +308,12 @@ def build_report(ctx: Context) -> Path:
             )
         )
 
+    widths = _maybe(run.file("minwidth.json"))
+    if widths is not None:
+        from edgeml.minwidth import section_html as widths_section
+
+        sections.append(widths_section(widths))
+
     cdir = run.file("codesign")
     codesign_doc = _maybe(cdir / "codesign.json")
     if codesign_doc is not None:

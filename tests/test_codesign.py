@@ -236,6 +236,9 @@ def test_flow_with_min_widths_is_exact_at_every_level(mlp_flow_run, tmp_path) ->
     _chosen_report(out, res)
     html = (work / "report.html").read_text()
     assert "Co-design (edgeml codesign)" in html and "Pareto front (1 of 1 candidates)" in html
+    assert "Minimal widths (compress.min_widths)" in html
+    for lw in mw["layers"]:  # hls4ml's inferred accumulator next to the interval-minimal one
+        assert f"{lw['hls_accum_before']} -&gt; {lw['acc_interval']}" in html
 
 
 def test_flow_refuses_bad_layer_bits_before_training(tmp_path, capsys) -> None:
