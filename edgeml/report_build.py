@@ -198,7 +198,11 @@ def build_report(ctx: Context) -> Path:
             float_acc=train.get("float", train.get("float_accuracy")),
             qat_acc=comp.get("qat", comp.get("qat_accuracy")),
             pruned_acc=comp.get("pruned", comp.get("pruned_accuracy")),
-            bit_width=comp.get("bit_width"),
+            bit_width=(
+                "/".join(f"{k} {v}b" for k, v in comp["layer_bits"].items())
+                if comp.get("layer_bits")
+                else comp.get("bit_width")
+            ),
             sparsity=comp.get("sparsity"),
             metric="top-1 accuracy" if metric == "accuracy" else metric,
             percent=metric == "accuracy",
