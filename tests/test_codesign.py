@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from html import escape
 
 import numpy as np
 import pytest
@@ -238,7 +239,8 @@ def test_flow_with_min_widths_is_exact_at_every_level(mlp_flow_run, tmp_path) ->
     assert "Co-design (edgeml codesign)" in html and "Pareto front (1 of 1 candidates)" in html
     assert "Minimal widths (compress.min_widths)" in html
     for lw in mw["layers"]:  # hls4ml's inferred accumulator next to the interval-minimal one
-        assert f"{lw['hls_accum_before']} -&gt; {lw['acc_interval']}" in html
+        before_acc, after_acc = escape(lw["hls_accum_before"]), escape(lw["acc_interval"])
+        assert f"{before_acc} -> {after_acc}" in html
 
 
 def test_flow_refuses_bad_layer_bits_before_training(tmp_path, capsys) -> None:
